@@ -1,0 +1,139 @@
+"""The narrow seam between the gateway and whatever holds the bytes.
+
+The gateway's database is the index: listings, ownership, ETags and metadata live there.
+A backend is a blob store addressed by *blob keys* that the service chooses
+(see :func:`storage_backends._keys.validate_blob_key`), never by user-supplied S3 keys.
+That is what makes every valid S3 key safe on every backend.
+
+Rules every implementation follows:
+
+* ``put`` is atomic: a reader sees the old blob or the new one, never a torn one. If the
+  body iterator raises, nothing is kept and the exception propagates unchanged.
+* ``get`` raises (``BlobNotFound``) before any byte is produced; the reader knows its
+  size and the range it returns before iteration starts.
+* Ranges are already resolved by the caller to ``[start, end)`` within the blob.
+* Bodies are streamed; no implementation holds a whole body in memory (``memory`` aside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+#: Bodies are written and read in chunks of this size (or smaller, for the tail).
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """A resolved, non-empty half-open byte range ``[start, end)``."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.end <= self.start:
+            raise ValueError(f"invalid byte range [{self.start}, {self.end})")
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    key: str
+    size: int
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    part_number: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartRef:
+    """A part chosen for completion; ``size`` lets a backend check it against what it holds."""
+
+    part_number: int
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    server_side_copy: bool = False
+    native_multipart: bool = False
+
+
+class BlobReader(Protocol):
+    """An open blob. ``size`` is the whole blob's size; ``range`` what iteration yields."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def range(self) -> ByteRange | None: ...
+
+    @property
+    def content_length(self) -> int: ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def put(
+        self, key: str, body: AsyncIterable[bytes], *, size: int | None = None
+    ) -> BlobInfo: ...
+
+    async def get(self, key: str, *, byte_range: ByteRange | None = None) -> BlobReader: ...
+
+    async def head(self, key: str) -> BlobInfo: ...
+
+    async def delete(self, key: str) -> None:
+        """Idempotent: deleting a missing blob is not an error."""
+
+    async def copy(self, src: str, dst: str) -> BlobInfo: ...
+
+    def list(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
+        """Every blob under ``prefix``; for garbage collection and fsck only."""
+
+    # -- multipart, stateless: the upload id is all the state a caller keeps ---------------
+    async def create_multipart(self, key: str) -> str: ...
+
+    async def put_part(
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: AsyncIterable[bytes],
+        *,
+        size: int | None = None,
+    ) -> PartInfo: ...
+
+    async def copy_part(
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        src: str,
+        byte_range: ByteRange | None = None,
+    ) -> PartInfo: ...
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[PartRef]
+    ) -> BlobInfo: ...
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Idempotent: aborting an unknown upload is not an error."""
+
+    async def aclose(self) -> None: ...
