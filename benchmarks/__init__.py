@@ -1,0 +1,1 @@
+"""Measurements that print figures (`make bench`); never timed tests."""

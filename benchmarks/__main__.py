@@ -1,0 +1,7 @@
+"""`make bench`: every measurement, one after the other."""
+
+from benchmarks import large_object_rss, small_objects
+
+small_objects.main([])
+print()
+large_object_rss.main([])

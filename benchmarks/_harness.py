@@ -1,0 +1,67 @@
+"""Start a gateway for a measurement, sign requests cheaply, watch the server's memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import boto3
+import psutil
+from botocore.config import Config
+
+from tests._server import GatewayProcess
+
+
+@contextmanager
+def running_gateway(**env: str) -> Iterator[GatewayProcess]:
+    with TemporaryDirectory(prefix="gw-bench-") as tmp:
+        server = GatewayProcess(Path(tmp) / "data", env_extra=env).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def client(server: GatewayProcess) -> object:
+    return boto3.client("s3", endpoint_url=server.url, aws_access_key_id=server.access_key,
+                        aws_secret_access_key=server.secret_key, region_name="us-east-1",
+                        config=Config(signature_version="s3v4"))
+
+
+class PeakRSS:
+    """Samples a process's resident set (with its children) every few milliseconds."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = self.proc.memory_info().rss
+        for child in self.proc.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return int(total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())

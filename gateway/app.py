@@ -1,0 +1,121 @@
+"""The ASGI application: S3 at the root, operations endpoints beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+from storage_backends.registry import open_backend
+
+from gateway.core import Gateway
+from gateway.metadata.db import Database
+from gateway.s3.endpoint import S3Endpoint
+from gateway.s3.routing import split_host_bucket
+from gateway.service.accounts import RootCredentials
+from gateway.service.gc import collect_garbage
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+#: Paths that belong to the gateway itself, not to S3 (their names are reserved buckets).
+_OWN_PREFIXES = ("/api/", "/console")
+_OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api", "/ws"})
+GC_INTERVAL_SECONDS = 3600
+
+
+def announce_root(creds: RootCredentials) -> None:
+    """Shown once, on the very first start, on stdout (never through logging)."""
+    print(
+        "\n"
+        "  No GATEWAY_ROOT_ACCESS_KEY / GATEWAY_ROOT_SECRET_KEY were set, so an admin key\n"
+        "  was generated. It is shown this once; keep it safe:\n\n"
+        f"    AWS_ACCESS_KEY_ID={creds.access_key}\n"
+        f"    AWS_SECRET_ACCESS_KEY={creds.secret_key}\n",
+        file=sys.stdout,
+        flush=True,
+    )
+
+
+class GatewayApp:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.s3 = S3Endpoint()
+        self.gateway: Gateway | None = None
+        self.own = Starlette(
+            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz)],
+            lifespan=self.lifespan,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            host_bucket = None
+            if self.settings.domain:
+                host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"),
+                            "")
+                host_bucket = split_host_bucket(host, self.settings.domain)
+            if host_bucket is None and (path in _OWN_PATHS or path.startswith(_OWN_PREFIXES)):
+                await self.own(scope, receive, send)
+            else:
+                await self.s3(scope, receive, send)
+            return
+        await self.own(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        await db.migrate()
+        backend = open_backend(settings.backend, data_dir=settings.data_dir)
+        gateway = Gateway.build(settings, db, backend)
+        creds = await gateway.accounts.ensure_root()
+        if creds is not None and creds.generated:
+            announce_root(creds)
+        self.gateway = self.s3.gateway = gateway
+        gc_task = asyncio.create_task(self._gc_loop(gateway))
+        try:
+            yield
+        finally:
+            gc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gc_task
+            self.s3.gateway = None
+            await backend.aclose()
+            await db.aclose()
+
+    async def _gc_loop(self, gateway: Gateway) -> None:
+        while True:
+            try:
+                await collect_garbage(gateway.ctx)
+            except Exception:
+                log.exception("garbage collection failed; will retry")
+            await asyncio.sleep(GC_INTERVAL_SECONDS)
+
+    async def healthz(self, _request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, _request: Request) -> Response:
+        gateway = self.gateway
+        if gateway is None:
+            return JSONResponse({"ready": False, "reason": "starting"}, status_code=503)
+        try:
+            await gateway.ctx.db.ping()
+            async for _ in gateway.ctx.backend.list("readyz-probe/"):
+                break
+        except Exception as exc:
+            return JSONResponse({"ready": False, "reason": type(exc).__name__},
+                                status_code=503)
+        return JSONResponse({"ready": True})
+
+
+def create_app(settings: Settings | None = None) -> GatewayApp:
+    return GatewayApp(settings or Settings.from_env())

@@ -1,0 +1,73 @@
+"""The ``gateway`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import fields
+
+from gateway.settings import Settings
+
+_HELP = {
+    "host": "address to listen on",
+    "port": "port to listen on",
+    "data_dir": "where the database and objects live",
+    "database_url": "SQLAlchemy URL (default: SQLite in the data dir)",
+    "backend": "'fs' (default), 'memory', or an upstream such as s3://bucket/prefix",
+    "region": "the region the gateway reports",
+    "domain": "enables virtual-host-style requests to <bucket>.<domain>",
+    "workers": "uvicorn worker processes",
+    "root_access_key": "the first admin's access key",
+    "root_secret_key": "the first admin's secret key",
+    "log_level": "debug, info, warning, error",
+    "gc_grace_seconds": "age before an unreferenced blob may be collected",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the gateway")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        env = f"GATEWAY_{f.name.upper()}"
+        serve.add_argument(flag, dest=f.name, default=None,
+                           help=f"{_HELP.get(f.name, '')} (env {env})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    # Flags win over the environment; they are passed on through it so that every uvicorn
+    # worker process builds the same settings.
+    for f in fields(Settings):
+        value = getattr(args, f.name)
+        if value is not None:
+            os.environ[f"GATEWAY_{f.name.upper()}"] = str(value)
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers if settings.workers > 1 else None,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        date_header=True,
+    )
+    return 0

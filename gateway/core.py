@@ -1,0 +1,30 @@
+"""The service objects of one running gateway, built once at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.metadata.db import Database
+from gateway.service.accounts import AccountService
+from gateway.service.buckets import BucketService
+from gateway.service.context import Context
+from gateway.service.objects import ObjectService
+from gateway.settings import Settings
+from storage_backends import Backend
+
+
+@dataclass
+class Gateway:
+    ctx: Context
+    accounts: AccountService
+    buckets: BucketService
+    objects: ObjectService
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @classmethod
+    def build(cls, settings: Settings, db: Database, backend: Backend) -> Gateway:
+        ctx = Context(settings, db, backend)
+        return cls(ctx, AccountService(ctx), BucketService(ctx), ObjectService(ctx))

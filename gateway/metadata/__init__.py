@@ -1,0 +1,1 @@
+"""Metadata in SQL: the index of buckets, objects and identities (the backend holds bytes)."""

@@ -1,0 +1,126 @@
+"""Tables, as SQLAlchemy Core metadata. Alembic migrations in ``migrations/`` create them.
+
+Object keys compare in UTF-8 byte order on every database: SQLite's default BINARY
+collation already does; PostgreSQL columns get ``COLLATE "C"``.
+
+``objects`` holds a row per object *version* with an ``is_latest`` flag, so versioning
+can arrive without a schema rewrite. Unversioned buckets keep exactly one row per key,
+with ``version_id = 'null'`` (S3's name for it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+NULL_VERSION = "null"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC (portable), returned as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+#: Integer primary keys: BIGINT on PostgreSQL, INTEGER (rowid alias) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+#: Object keys in byte order everywhere.
+KeyString = Text().with_variant(Text(collation="C"), "postgresql")
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+access_keys = Table(
+    "access_keys",
+    metadata,
+    Column("access_key", String(128), primary_key=True),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("secret", String(256), nullable=False),
+    Column("enabled", Boolean(), nullable=False, default=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+buckets = Table(
+    "buckets",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("owner_id", BigId, ForeignKey("users.id"), nullable=False, index=True),
+    Column("region", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+objects = Table(
+    "objects",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("bucket_id", BigId, ForeignKey("buckets.id"), nullable=False),
+    Column("key", KeyString, nullable=False),
+    Column("version_id", String(64), nullable=False, default=NULL_VERSION),
+    Column("is_latest", Boolean(), nullable=False, default=True),
+    Column("is_delete_marker", Boolean(), nullable=False, default=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("last_modified", UTCDateTime(), nullable=False),
+    Column("blob_key", String(512), nullable=True),
+    Column("content_type", String(1024), nullable=True),
+    #: x-amz-meta-* (names lower-cased, without the prefix) -> value
+    Column("user_metadata", JSON(), nullable=False, default=dict),
+    #: Content-Encoding, Content-Disposition, Content-Language, Cache-Control, Expires
+    Column("headers", JSON(), nullable=False, default=dict),
+    Column("checksum_algorithm", String(16), nullable=True),
+    Column("checksum_value", String(128), nullable=True),
+    Column("storage_class", String(32), nullable=False, default="STANDARD"),
+    Column("owner_id", BigId, ForeignKey("users.id"), nullable=True),
+    UniqueConstraint("bucket_id", "key", "version_id", name="uq_objects_bucket_key_version"),
+    Index("ix_objects_listing", "bucket_id", "is_latest", "key"),
+    Index("ix_objects_blob_key", "blob_key"),
+)

@@ -1,0 +1,30 @@
+"""One module per operation family; ``HANDLERS`` maps every routed operation to its handler."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.responses import Response
+
+from gateway.s3.handlers import buckets, listing, objects
+from gateway.s3.request import S3Request
+from gateway.s3.routing import Op
+
+Handler = Callable[[S3Request], Awaitable[Response]]
+
+HANDLERS: dict[Op, Handler] = {
+    Op.LIST_BUCKETS: buckets.list_buckets,
+    Op.CREATE_BUCKET: buckets.create_bucket,
+    Op.HEAD_BUCKET: buckets.head_bucket,
+    Op.DELETE_BUCKET: buckets.delete_bucket,
+    Op.GET_BUCKET_LOCATION: buckets.get_bucket_location,
+    Op.GET_BUCKET_VERSIONING: buckets.get_bucket_versioning,
+    Op.LIST_OBJECTS: listing.list_objects_v1,
+    Op.LIST_OBJECTS_V2: listing.list_objects_v2,
+    Op.PUT_OBJECT: objects.put_object,
+    Op.GET_OBJECT: objects.get_object,
+    Op.HEAD_OBJECT: objects.head_object,
+    Op.DELETE_OBJECT: objects.delete_object,
+    Op.DELETE_OBJECTS: objects.delete_objects,
+    Op.COPY_OBJECT: objects.copy_object,
+}

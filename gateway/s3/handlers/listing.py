@@ -1,0 +1,142 @@
+"""ListObjects (v1) and ListObjectsV2."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from urllib.parse import quote_plus
+
+from starlette.responses import Response
+
+from gateway import errors
+from gateway.s3.handlers.common import owner_xml, xml_response
+from gateway.s3.request import S3Request
+from gateway.s3.xml import el, iso8601
+from gateway.service.listing import MAX_KEYS, Listing, list_keys
+from gateway.types import ObjectRecord
+
+
+def _max_keys(req: S3Request) -> int:
+    raw = req.query.get("max-keys")
+    if raw is None or raw == "":
+        return MAX_KEYS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise errors.InvalidArgument("Provided max-keys not an integer or within integer "
+                                     "range", name="max-keys", value=raw) from None
+    if value < 0:
+        raise errors.InvalidArgument("Argument maxKeys must be an integer between 0 and "
+                                     "2147483647", name="max-keys", value=raw)
+    return min(value, MAX_KEYS)
+
+
+def _encoder(req: S3Request) -> tuple[str | None, Callable[[str], str]]:
+    encoding = req.query.get("encoding-type")
+    if encoding is None:
+        return None, _identity
+    if encoding.lower() != "url":
+        raise errors.InvalidArgument("Invalid Encoding Method specified in Request",
+                                     name="encoding-type", value=encoding)
+    # botocore decodes these with unquote_plus: '+' for spaces, '/' left alone.
+    return "url", lambda s: quote_plus(s, safe="/")
+
+
+def _contents(obj: ObjectRecord, enc: Callable[[str], str], owner: str | None) -> str:
+    parts = [el("Key", enc(obj.key)), el("LastModified", iso8601(obj.last_modified)),
+             el("ETag", obj.quoted_etag), el("Size", obj.size)]
+    if owner:
+        parts.append(owner)
+    parts.append(el("StorageClass", obj.storage_class))
+    if obj.checksum_algorithm:
+        parts.append(el("ChecksumAlgorithm", obj.checksum_algorithm))
+        parts.append(el("ChecksumType", "FULL_OBJECT"))
+    return "<Contents>" + "".join(parts) + "</Contents>"
+
+
+def _body(listing: Listing, enc: Callable[[str], str], owner: str | None) -> list[str]:
+    out = [_contents(o, enc, owner) for o in listing.objects]
+    out.extend("<CommonPrefixes>" + el("Prefix", enc(p)) + "</CommonPrefixes>"
+               for p in listing.common_prefixes)
+    return out
+
+
+async def _owner(req: S3Request, owner_id: int) -> str:
+    name = await req.gateway.accounts.user_name(owner_id)
+    return owner_xml(owner_id, name)
+
+
+async def list_objects_v2(req: S3Request) -> Response:
+    q = req.query
+    bucket = await req.gateway.buckets.get(req.principal, req.bucket)
+    encoding, enc = _encoder(req)
+    max_keys = _max_keys(req)
+    prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+    token = q.get("continuation-token")
+    start_after = q.get("start-after")
+    after = start_after or None
+    if token is not None:
+        after = _decode_token(token)
+    listing = await list_keys(req.gateway.ctx, bucket, prefix=prefix, delimiter=delimiter,
+                              after=after, max_keys=max_keys)
+    owner = await _owner(req, bucket.owner_id) if q.get("fetch-owner") == "true" else None
+    e = enc
+    children = [el("Name", bucket.name), el("Prefix", e(prefix))]
+    if delimiter:
+        children.append(el("Delimiter", e(delimiter)))
+    children += [el("MaxKeys", max_keys),
+                 el("KeyCount", len(listing.objects) + len(listing.common_prefixes)),
+                 el("IsTruncated", listing.is_truncated)]
+    if token is not None:
+        children.append(el("ContinuationToken", token))
+    if listing.is_truncated and listing.last is not None:
+        children.append(el("NextContinuationToken", _encode_token(listing.last)))
+    if start_after is not None:
+        children.append(el("StartAfter", e(start_after)))
+    if encoding:
+        children.append(el("EncodingType", encoding))
+    children += _body(listing, enc, owner)
+    return xml_response("ListBucketResult", children)
+
+
+async def list_objects_v1(req: S3Request) -> Response:
+    q = req.query
+    bucket = await req.gateway.buckets.get(req.principal, req.bucket)
+    encoding, enc = _encoder(req)
+    max_keys = _max_keys(req)
+    prefix, delimiter, marker = q.get("prefix", ""), q.get("delimiter", ""), q.get("marker", "")
+    listing = await list_keys(req.gateway.ctx, bucket, prefix=prefix, delimiter=delimiter,
+                              after=marker or None, max_keys=max_keys)
+    owner = await _owner(req, bucket.owner_id)
+    e = enc
+    children = [el("Name", bucket.name), el("Prefix", e(prefix)),
+                el("Marker", e(marker)), el("MaxKeys", max_keys)]
+    if delimiter:
+        children.append(el("Delimiter", e(delimiter)))
+    children.append(el("IsTruncated", listing.is_truncated))
+    if listing.is_truncated and listing.last is not None:
+        children.append(el("NextMarker", e(listing.last)))
+    if encoding:
+        children.append(el("EncodingType", encoding))
+    children += _body(listing, enc, owner)
+    return xml_response("ListBucketResult", children)
+
+
+def _encode_token(last: str) -> str:
+    return base64.urlsafe_b64encode(b"k1:" + last.encode("utf-8")).decode()
+
+
+def _decode_token(token: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4))
+        if not raw.startswith(b"k1:"):
+            raise ValueError
+        return raw[3:].decode("utf-8")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise errors.InvalidArgument("The continuation token provided is incorrect",
+                                     name="continuation-token", value=token) from None
+
+
+def _identity(value: str) -> str:
+    return value

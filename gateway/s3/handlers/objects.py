@@ -1,0 +1,188 @@
+"""PutObject, GetObject, HeadObject, DeleteObject, DeleteObjects, CopyObject."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+
+from starlette.responses import Response, StreamingResponse
+
+from gateway import errors
+from gateway.checksums import checksum_request
+from gateway.s3.handlers.common import http_date, xml_response
+from gateway.s3.headers import (
+    metadata_directive,
+    object_attributes,
+    parse_copy_source,
+    parse_range,
+    read_conditions,
+    write_conditions,
+)
+from gateway.s3.request import S3Request
+from gateway.s3.xml import children, el, iso8601, local, parse
+from gateway.service.objects import ObjectRead
+from gateway.types import ObjectRecord
+
+#: Bodies up to this size are read whole and sent in one message: fewer ASGI round trips.
+SMALL_BODY = 256 * 1024
+MAX_DELETE_KEYS = 1000
+
+_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+
+
+def _checksum_headers(record: ObjectRecord) -> dict[str, str]:
+    if not record.checksum_algorithm or not record.checksum_value:
+        return {}
+    return {f"x-amz-checksum-{record.checksum_algorithm.lower()}": record.checksum_value,
+            "x-amz-checksum-type": "FULL_OBJECT"}
+
+
+def _write_headers(record: ObjectRecord) -> dict[str, str]:
+    headers = {"ETag": record.quoted_etag}
+    headers.update(_checksum_headers(record))
+    return headers
+
+
+async def put_object(req: S3Request) -> Response:
+    attrs = object_attributes(req.headers)
+    conditions = write_conditions(req.headers)
+    body, size = req.body()
+    record = await req.gateway.objects.put(req.principal, req.bucket, req.key, body, attrs,
+                                           conditions=conditions, size_hint=size)
+    return Response(status_code=200, headers=_write_headers(record))
+
+
+def _read_headers(req: S3Request, read: ObjectRead) -> dict[str, str]:
+    rec = read.record
+    headers = {
+        "ETag": rec.quoted_etag,
+        "Last-Modified": http_date(rec.last_modified),
+        "Accept-Ranges": "bytes",
+        "Content-Type": rec.content_type or "binary/octet-stream",
+    }
+    headers.update(rec.headers)
+    for name, value in rec.user_metadata.items():
+        headers[f"x-amz-meta-{name}"] = value
+    if rec.storage_class != "STANDARD":
+        headers["x-amz-storage-class"] = rec.storage_class
+    if (read.byte_range is None and req.headers.get("x-amz-checksum-mode", "").upper()
+            == "ENABLED"):
+        headers.update(_checksum_headers(rec))
+    for param, header in _OVERRIDES.items():
+        if param in req.query:
+            headers[header] = req.query[param]
+    if read.byte_range is not None:
+        r = read.byte_range
+        headers["Content-Range"] = f"bytes {r.start}-{r.end - 1}/{rec.size}"
+        headers["Content-Length"] = str(r.length)
+    else:
+        headers["Content-Length"] = str(rec.size)
+    return headers
+
+
+async def _open(req: S3Request, *, head: bool) -> ObjectRead:
+    if "partNumber" in req.query:
+        raise errors.NotImplemented_("partNumber reads arrive with multipart uploads.")
+    return await req.gateway.objects.open(
+        req.principal, req.bucket, req.key,
+        version_id=req.query.get("versionId"),
+        range_spec=parse_range(req.headers.get("range")),
+        conditions=read_conditions(req.headers),
+        head=head,
+    )
+
+
+async def head_object(req: S3Request) -> Response:
+    read = await _open(req, head=True)
+    status = 206 if read.byte_range is not None else 200
+    return Response(status_code=status, headers=_read_headers(req, read))
+
+
+async def get_object(req: S3Request) -> Response:
+    read = await _open(req, head=False)
+    assert read.reader is not None
+    reader = read.reader
+    headers = _read_headers(req, read)
+    status = 206 if read.byte_range is not None else 200
+    if reader.content_length <= SMALL_BODY:
+        try:
+            data = b"".join([chunk async for chunk in reader])
+        finally:
+            await reader.aclose()
+        return Response(data, status_code=status, headers=headers)
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in reader:
+                yield chunk
+        finally:
+            await reader.aclose()
+
+    return StreamingResponse(stream(), status_code=status, headers=headers)
+
+
+async def delete_object(req: S3Request) -> Response:
+    await req.gateway.objects.delete(req.principal, req.bucket, req.key,
+                                     req.query.get("versionId"))
+    return Response(status_code=204)
+
+
+async def delete_objects(req: S3Request) -> Response:
+    body = await req.small_body()
+    md5 = req.headers.get("content-md5")
+    if md5 is None and checksum_request(req.headers)[0] is None:
+        raise errors.MissingSecurityHeader(
+            "Missing required header for this request: Content-MD5",
+            fields={"MissingHeaderName": "Content-MD5"})
+    if md5 is not None and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
+        raise errors.BadDigest()
+    root = parse(body)
+    if local(root.tag) != "Delete":
+        raise errors.MalformedXML()
+    quiet = (next((c.text for c in root if local(c.tag) == "Quiet"), "") or "").strip() == "true"
+    items: list[tuple[str, str | None]] = []
+    for node in children(root, "Object"):
+        key = next((c.text for c in node if local(c.tag) == "Key"), None)
+        version = next((c.text for c in node if local(c.tag) == "VersionId"), None)
+        if not key:
+            raise errors.MalformedXML()
+        items.append((key, version))
+    if not items or len(items) > MAX_DELETE_KEYS:
+        raise errors.MalformedXML()
+    outcomes = await req.gateway.objects.delete_many(req.principal, req.bucket, items)
+    out: list[str] = []
+    for o in outcomes:
+        if o.error is not None:
+            out.append("<Error>" + el("Key", o.key) + el("VersionId", o.version_id)
+                       + el("Code", o.error.code) + el("Message", o.error.message) + "</Error>")
+        elif not quiet:
+            out.append("<Deleted>" + el("Key", o.key) + el("VersionId", o.version_id)
+                       + "</Deleted>")
+    return xml_response("DeleteResult", out)
+
+
+async def copy_object(req: S3Request) -> Response:
+    src_bucket, src_key, src_version = parse_copy_source(req.headers["x-amz-copy-source"])
+    replace = metadata_directive(req.headers) == "REPLACE"
+    attrs = object_attributes(req.headers)
+    async for chunk in req.request.stream():
+        if chunk:
+            raise errors.UnexpectedContent()  # a copy carries no body
+    record = await req.gateway.objects.copy(
+        req.principal, src_bucket, src_key, src_version, req.bucket, req.key,
+        replace_metadata=replace, attrs=attrs,
+        source_conditions=read_conditions(req.headers, prefix="x-amz-copy-source-"),
+        conditions=write_conditions(req.headers),
+    )
+    result = [el("ETag", record.quoted_etag), el("LastModified", iso8601(record.last_modified))]
+    if record.checksum_algorithm and record.checksum_value:
+        result.append(el(f"Checksum{record.checksum_algorithm}", record.checksum_value))
+    return xml_response("CopyObjectResult", result)

@@ -1,0 +1,68 @@
+"""S3 XML: rendering by string building (fast, exact), parsing with defusedxml."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from xml.etree.ElementTree import Element
+
+from defusedxml import ElementTree as SafeET
+
+from gateway.errors import MalformedXML
+
+S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
+#: Control bodies (DeleteObjects, CreateBucket, …) are small; larger ones are refused.
+MAX_XML_BODY = 2 * 1024 * 1024
+
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;",
+                          "\r": "&#13;"})
+
+
+def escape(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+def el(name: str, value: str | int | bool | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = escape(str(value))
+    return f"<{name}>{text}</{name}>"
+
+
+def iso8601(value: datetime) -> str:
+    """S3's timestamp format: millisecond precision, Z suffix."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def document(root: str, children: Iterable[str], *, namespace: bool = True) -> bytes:
+    ns = f' xmlns="{S3_NS}"' if namespace else ""
+    return (DECLARATION + f"<{root}{ns}>" + "".join(children) + f"</{root}>").encode()
+
+
+def parse(body: bytes) -> Element:
+    """Parse a request body; DTDs, entities and external references are refused."""
+    try:
+        root: Element = SafeET.fromstring(body)
+    except Exception as exc:  # defusedxml raises several families; all mean the same here
+        raise MalformedXML() from exc
+    return root
+
+
+def local(tag: str) -> str:
+    """An element's name without its namespace."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def child_text(node: Element, name: str) -> str | None:
+    for child in node:
+        if local(child.tag) == name:
+            return child.text or ""
+    return None
+
+
+def children(node: Element, name: str) -> list[Element]:
+    return [c for c in node if local(c.tag) == name]

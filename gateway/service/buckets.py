@@ -1,0 +1,83 @@
+"""Bucket operations."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+
+from gateway import errors
+from gateway.auth.policy import require_bucket_access
+from gateway.metadata import repo
+from gateway.service.context import Context
+from gateway.types import BucketRecord, Principal
+
+RESERVED_BUCKET_NAMES = frozenset({"api", "console", "healthz", "readyz", "metrics", "ws"})
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def validate_bucket_name(name: str) -> None:
+    """AWS's general-purpose bucket naming rules, plus the gateway's reserved names."""
+    ok = (
+        bool(_NAME.match(name))
+        and ".." not in name and ".-" not in name and "-." not in name
+        and not name.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
+        and not name.endswith(("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))
+        and name not in RESERVED_BUCKET_NAMES
+    )
+    if ok:
+        try:
+            ipaddress.ip_address(name)
+            ok = False
+        except ValueError:
+            pass
+    if not ok:
+        raise errors.InvalidBucketName(fields={"BucketName": name})
+
+
+class BucketService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def create(self, principal: Principal, name: str,
+                     location: str | None = None) -> BucketRecord:
+        validate_bucket_name(name)
+        region = location or self.ctx.settings.region
+        now = datetime.now(UTC)
+        try:
+            async with self.ctx.db.write() as conn:
+                return await repo.insert_bucket(conn, name, principal.user_id, region, now)
+        except IntegrityError:
+            existing = await self.find(name)
+            if existing is not None and existing.owner_id == principal.user_id:
+                raise errors.BucketAlreadyOwnedByYou(fields={"BucketName": name}) from None
+            raise errors.BucketAlreadyExists(fields={"BucketName": name}) from None
+
+    async def find(self, name: str) -> BucketRecord | None:
+        async with self.ctx.db.read() as conn:
+            return await repo.bucket_by_name(conn, name)
+
+    async def get(self, principal: Principal, name: str, *, write: bool = False) -> BucketRecord:
+        bucket = await self.find(name)
+        if bucket is None:
+            raise errors.NoSuchBucket(fields={"BucketName": name})
+        require_bucket_access(principal, bucket, write=write)
+        return bucket
+
+    async def delete(self, principal: Principal, name: str) -> None:
+        bucket = await self.get(principal, name, write=True)
+        try:
+            async with self.ctx.db.write() as conn:
+                if await repo.bucket_has_objects(conn, bucket.id):
+                    raise errors.BucketNotEmpty(fields={"BucketName": name})
+                await repo.delete_bucket(conn, bucket.id)
+        except IntegrityError:
+            # An object committed concurrently: the foreign key refuses the delete.
+            raise errors.BucketNotEmpty(fields={"BucketName": name}) from None
+
+    async def list(self, principal: Principal) -> list[BucketRecord]:
+        async with self.ctx.db.read() as conn:
+            return await repo.list_buckets(conn, None if principal.is_admin
+                                           else principal.user_id)

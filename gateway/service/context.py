@@ -1,0 +1,64 @@
+"""What every service function works with."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from gateway import errors
+from gateway.metadata.db import Database
+from gateway.settings import Settings
+from storage_backends import Backend
+from storage_backends import errors as storage_errors
+
+log = logging.getLogger("gateway.service")
+
+
+@dataclass
+class Context:
+    settings: Settings
+    db: Database
+    backend: Backend
+
+    def new_blob_key(self, bucket_id: int) -> str:
+        token = uuid.uuid4().hex
+        return f"b/{bucket_id}/{token[:2]}/{token}"
+
+    async def discard_blob(self, blob_key: str | None) -> None:
+        """Best effort: a blob left behind is found later by the garbage collector."""
+        if not blob_key:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.backend.delete(blob_key)
+            except Exception:
+                log.warning("could not delete blob %s; garbage collection will", blob_key,
+                            exc_info=True)
+
+
+@contextmanager
+def backend_errors() -> Iterator[None]:
+    """Backend errors become gateway errors here, once."""
+    try:
+        yield
+    except storage_errors.InsufficientStorage as exc:
+        raise errors.InsufficientStorage() from exc
+    except storage_errors.BackendUnavailable as exc:
+        raise errors.ServiceUnavailable() from exc
+
+
+@asynccontextmanager
+async def shielded() -> AsyncIterator[None]:
+    """Commit steps that must finish even if the client goes away meanwhile."""
+    with anyio.CancelScope(shield=True):
+        yield
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8).upper()

@@ -1,0 +1,323 @@
+"""Object reads and writes.
+
+A write streams into a *new* blob, then commits the row with a compare-and-swap on the
+previous row's blob key, then deletes the old blob. A crash at any step leaves the old
+object or the new one; the blobs nobody points to are collected later (``service.gc``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy.exc import IntegrityError
+
+from gateway import errors
+from gateway.auth.policy import require_bucket_access
+from gateway.metadata import repo
+from gateway.metadata.models import NULL_VERSION
+from gateway.service.conditions import check_copy_source, check_read, check_write, resolve_range
+from gateway.service.context import Context, backend_errors, shielded
+from gateway.types import (
+    BucketRecord,
+    ObjectAttributes,
+    ObjectRecord,
+    Principal,
+    RangeSpec,
+    ReadConditions,
+    WriteConditions,
+)
+from storage_backends import BlobNotFound, BlobReader, ByteRange
+
+log = logging.getLogger("gateway.service")
+
+MAX_KEY_BYTES = 1024
+MAX_OBJECT_SIZE = 5 * 1024**4  # 5 TiB, as S3
+_COMMIT_ATTEMPTS = 8
+
+
+class VerifiedBody(Protocol):
+    """A request body that verifies itself while streaming (``gateway.checksums``)."""
+
+    size: int
+    md5_hex: str
+    checksum_algorithm: str | None
+    checksum_value: str | None
+
+    def __aiter__(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRead:
+    record: ObjectRecord
+    byte_range: ByteRange | None
+    reader: BlobReader | None  # None for HEAD
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOutcome:
+    key: str
+    version_id: str | None
+    error: errors.GatewayError | None = None
+
+
+class _Retry(Exception):
+    pass
+
+
+def validate_key(key: str) -> None:
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise errors.KeyTooLongError(fields={"MaxSizeAllowed": str(MAX_KEY_BYTES)})
+
+
+def _check_version(version_id: str | None) -> None:
+    """Only the ``null`` version exists until versioning arrives."""
+    if version_id is not None and version_id != NULL_VERSION:
+        raise errors.InvalidArgument("Invalid version id specified", name="versionId",
+                                     value=version_id)
+
+
+class ObjectService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def _bucket(self, principal: Principal, name: str, *, write: bool) -> BucketRecord:
+        async with self.ctx.db.read() as conn:
+            bucket = await repo.bucket_by_name(conn, name)
+        if bucket is None:
+            raise errors.NoSuchBucket(fields={"BucketName": name})
+        require_bucket_access(principal, bucket, write=write)
+        return bucket
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def put(
+        self,
+        principal: Principal,
+        bucket_name: str,
+        key: str,
+        body: VerifiedBody,
+        attrs: ObjectAttributes,
+        *,
+        conditions: WriteConditions = WriteConditions(),
+        size_hint: int | None = None,
+    ) -> ObjectRecord:
+        validate_key(key)
+        if size_hint is not None and size_hint > MAX_OBJECT_SIZE:
+            raise errors.EntityTooLarge()
+        bucket = await self._bucket(principal, bucket_name, write=True)
+        if not conditions.empty:
+            # Fail fast before taking the body; the commit checks again, atomically.
+            async with self.ctx.db.read() as conn:
+                check_write(conditions, await repo.latest_object(conn, bucket.id, key))
+        blob_key = self.ctx.new_blob_key(bucket.id)
+        with backend_errors():
+            await self.ctx.backend.put(blob_key, body, size=size_hint)
+        return await self._commit_new_blob(
+            bucket, key, blob_key, conditions,
+            size=body.size, etag=body.md5_hex, attrs=attrs,
+            checksum=(body.checksum_algorithm, body.checksum_value), owner_id=principal.user_id)
+
+    async def _commit_new_blob(
+        self,
+        bucket: BucketRecord,
+        key: str,
+        blob_key: str,
+        conditions: WriteConditions,
+        *,
+        size: int,
+        etag: str,
+        attrs: ObjectAttributes,
+        checksum: tuple[str | None, str | None],
+        owner_id: int,
+    ) -> ObjectRecord:
+        """Point the key at ``blob_key``; on any failure the new blob is discarded."""
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {
+            "size": size, "etag": etag, "last_modified": now, "blob_key": blob_key,
+            "content_type": attrs.content_type, "user_metadata": attrs.user_metadata,
+            "headers": attrs.headers, "checksum_algorithm": checksum[0],
+            "checksum_value": checksum[1], "storage_class": attrs.storage_class,
+            "owner_id": owner_id, "is_delete_marker": False, "is_latest": True,
+        }
+        old_blob: str | None = None
+        object_id = 0
+        try:
+            async with shielded():
+                for _attempt in range(_COMMIT_ATTEMPTS):
+                    try:
+                        async with self.ctx.db.write() as conn:
+                            current = await repo.latest_object(conn, bucket.id, key)
+                            check_write(conditions, current)
+                            if current is None:
+                                object_id = await repo.insert_object(conn, {
+                                    **values, "bucket_id": bucket.id, "key": key,
+                                    "version_id": NULL_VERSION})
+                            else:
+                                if not await repo.replace_object(conn, current.id,
+                                                                 current.blob_key, values):
+                                    raise _Retry
+                                object_id, old_blob = current.id, current.blob_key
+                        break
+                    except (_Retry, IntegrityError):
+                        if await self._bucket_gone(bucket):
+                            raise errors.NoSuchBucket(
+                                fields={"BucketName": bucket.name}) from None
+                        continue
+                else:
+                    raise errors.ConditionalRequestConflict()
+        except BaseException:
+            await self.ctx.discard_blob(blob_key)
+            raise
+        await self.ctx.discard_blob(old_blob)
+        return ObjectRecord(
+            id=object_id, bucket_id=bucket.id, key=key, version_id=NULL_VERSION, size=size,
+            etag=etag, last_modified=now, blob_key=blob_key, content_type=attrs.content_type,
+            user_metadata=attrs.user_metadata, headers=attrs.headers,
+            checksum_algorithm=checksum[0], checksum_value=checksum[1],
+            storage_class=attrs.storage_class)
+
+    async def _bucket_gone(self, bucket: BucketRecord) -> bool:
+        async with self.ctx.db.read() as conn:
+            return await repo.bucket_by_name(conn, bucket.name) is None
+
+    async def copy(
+        self,
+        principal: Principal,
+        src_bucket: str,
+        src_key: str,
+        src_version: str | None,
+        dst_bucket: str,
+        dst_key: str,
+        *,
+        replace_metadata: bool,
+        attrs: ObjectAttributes,
+        source_conditions: ReadConditions = ReadConditions(),
+        conditions: WriteConditions = WriteConditions(),
+    ) -> ObjectRecord:
+        validate_key(dst_key)
+        _check_version(src_version)
+        src_b = await self._bucket(principal, src_bucket, write=False)
+        dst_b = await self._bucket(principal, dst_bucket, write=True)
+        if src_b.id == dst_b.id and src_key == dst_key and not replace_metadata:
+            raise errors.InvalidRequest(
+                "This copy request is illegal because it is trying to copy an object to "
+                "itself without changing the object's metadata, storage class, website "
+                "redirect location or encryption attributes.")
+        for _attempt in range(3):
+            async with self.ctx.db.read() as conn:
+                src = await repo.latest_object(conn, src_b.id, src_key)
+            if src is None or src.is_delete_marker or src.blob_key is None:
+                raise errors.NoSuchKey(fields={"Key": src_key})
+            check_copy_source(source_conditions, src.etag, src.last_modified)
+            blob_key = self.ctx.new_blob_key(dst_b.id)
+            try:
+                with backend_errors():
+                    await self.ctx.backend.copy(src.blob_key, blob_key)
+            except BlobNotFound:
+                continue  # the source was overwritten meanwhile: read it again
+            new_attrs = attrs if replace_metadata else ObjectAttributes(
+                content_type=src.content_type, user_metadata=src.user_metadata,
+                headers=src.headers,
+                storage_class=attrs.storage_class if attrs.storage_class != "STANDARD"
+                else src.storage_class)
+            return await self._commit_new_blob(
+                dst_b, dst_key, blob_key, conditions, size=src.size, etag=src.etag,
+                attrs=new_attrs, checksum=(src.checksum_algorithm, src.checksum_value),
+                owner_id=principal.user_id)
+        raise errors.ConditionalRequestConflict()
+
+    async def delete(self, principal: Principal, bucket_name: str, key: str,
+                     version_id: str | None = None) -> None:
+        validate_key(key)
+        _check_version(version_id)
+        bucket = await self._bucket(principal, bucket_name, write=True)
+        outcome = await self._delete_batch(bucket, [(key, version_id)])
+        if outcome[0].error is not None:
+            raise outcome[0].error
+
+    async def delete_many(self, principal: Principal, bucket_name: str,
+                          items: Sequence[tuple[str, str | None]]) -> list[DeleteOutcome]:
+        bucket = await self._bucket(principal, bucket_name, write=True)
+        results: list[DeleteOutcome] = []
+        for start in range(0, len(items), 100):
+            results.extend(await self._delete_batch(bucket, items[start:start + 100]))
+        return results
+
+    async def _delete_batch(self, bucket: BucketRecord,
+                            items: Sequence[tuple[str, str | None]]) -> list[DeleteOutcome]:
+        """Deletes rows in one transaction, then their blobs. Missing keys are not errors."""
+        outcomes: list[DeleteOutcome] = []
+        blobs: list[str] = []
+        async with shielded():
+            for _attempt in range(_COMMIT_ATTEMPTS):
+                outcomes, blobs = [], []
+                try:
+                    async with self.ctx.db.write() as conn:
+                        for key, version_id in items:
+                            try:
+                                validate_key(key)
+                                _check_version(version_id)
+                            except errors.GatewayError as exc:
+                                outcomes.append(DeleteOutcome(key, version_id, exc))
+                                continue
+                            current = await repo.latest_object(conn, bucket.id, key)
+                            if current is not None:
+                                if not await repo.delete_object_row(conn, current.id,
+                                                                    current.blob_key):
+                                    raise _Retry
+                                if current.blob_key:
+                                    blobs.append(current.blob_key)
+                            outcomes.append(DeleteOutcome(key, version_id))
+                    break
+                except _Retry:
+                    continue
+            else:
+                raise errors.ConditionalRequestConflict()
+            for blob in blobs:
+                await self.ctx.discard_blob(blob)
+        return outcomes
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def open(
+        self,
+        principal: Principal,
+        bucket_name: str,
+        key: str,
+        *,
+        version_id: str | None = None,
+        range_spec: RangeSpec | None = None,
+        conditions: ReadConditions = ReadConditions(),
+        head: bool = False,
+    ) -> ObjectRead:
+        """Everything that can fail is checked here, before a response starts."""
+        validate_key(key)
+        _check_version(version_id)
+        for _attempt in range(5):
+            async with self.ctx.db.read() as conn:
+                bucket, obj = await repo.bucket_and_latest_object(conn, bucket_name, key)
+            if bucket is None:
+                raise errors.NoSuchBucket(fields={"BucketName": bucket_name})
+            require_bucket_access(principal, bucket, write=False)
+            if obj is None or obj.is_delete_marker or obj.blob_key is None:
+                raise errors.NoSuchKey(fields={"Key": key})
+            check_read(conditions, obj.etag, obj.last_modified)
+            byte_range = resolve_range(range_spec, obj.size)
+            if head:
+                return ObjectRead(obj, byte_range, None)
+            try:
+                with backend_errors():
+                    reader = await self.ctx.backend.get(obj.blob_key, byte_range=byte_range)
+            except BlobNotFound:
+                continue  # overwritten between the row read and the open: read again
+            return ObjectRead(obj, byte_range, reader)
+        raise errors.ServiceUnavailable("The object changed too often while being read.")
+
+
+async def drain(body: AsyncIterable[bytes]) -> None:
+    async for _ in body:
+        pass

@@ -1,0 +1,116 @@
+"""Typed values shared by the protocol layers and the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is asking: an authenticated user, through one of their access keys."""
+
+    user_id: int
+    name: str
+    role: str
+    access_key: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRecord:
+    id: int
+    name: str
+    owner_id: int
+    region: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    id: int
+    bucket_id: int
+    key: str
+    version_id: str
+    size: int
+    etag: str  # hex, without quotes
+    last_modified: datetime
+    blob_key: str | None
+    content_type: str | None
+    user_metadata: dict[str, str]
+    headers: dict[str, str]
+    checksum_algorithm: str | None
+    checksum_value: str | None
+    storage_class: str
+    is_delete_marker: bool = False
+
+    @property
+    def quoted_etag(self) -> str:
+        return f'"{self.etag}"'
+
+
+class RangeKind(Enum):
+    BOUNDED = "bounded"  # bytes=a-b
+    OPEN = "open"  # bytes=a-
+    SUFFIX = "suffix"  # bytes=-n
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSpec:
+    """A Range header as sent; the service resolves it against the object's size."""
+
+    kind: RangeKind
+    first: int
+    last: int | None = None
+    raw: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadConditions:
+    """RFC 7232 preconditions of a GET/HEAD (or of a copy source)."""
+
+    if_match: tuple[str, ...] | None = None  # ETags without quotes; ("*",) for any
+    if_none_match: tuple[str, ...] | None = None
+    if_modified_since: datetime | None = None
+    if_unmodified_since: datetime | None = None
+
+    @property
+    def empty(self) -> bool:
+        return (self.if_match is None and self.if_none_match is None
+                and self.if_modified_since is None and self.if_unmodified_since is None)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteConditions:
+    """Conditional writes: ``If-None-Match: *`` (create only), ``If-Match: <etag>`` (swap)."""
+
+    if_match: str | None = None
+    if_none_match_any: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self.if_match is None and not self.if_none_match_any
+
+
+#: The stored system headers, by their canonical HTTP names.
+STORED_HEADERS: tuple[str, ...] = (
+    "Content-Encoding",
+    "Content-Disposition",
+    "Content-Language",
+    "Cache-Control",
+    "Expires",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectAttributes:
+    """What a writer says about an object besides its bytes."""
+
+    content_type: str | None = None
+    user_metadata: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    storage_class: str = "STANDARD"

@@ -1,0 +1,240 @@
+"""Stream and range helpers shared by the backends."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from bisect import bisect_right
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
+from itertools import accumulate
+from types import TracebackType
+from typing import Self
+
+import anyio.lowlevel
+
+from storage_backends.errors import StorageError
+from storage_backends.protocol import CHUNK_SIZE, ByteRange
+
+
+async def rechunk(
+    source: AsyncIterable[bytes], size: int = CHUNK_SIZE
+) -> AsyncGenerator[bytes, None]:
+    """Coalesce small pieces into chunks of at least ``size`` bytes (the tail may be smaller).
+
+    At most one chunk is buffered; a piece that is already large enough passes through
+    uncopied. Empty pieces are dropped, so an empty body yields nothing. Exceptions raised
+    by ``source`` propagate unchanged.
+    """
+    buffer = bytearray()
+    async for piece in source:
+        if not piece:
+            continue
+        if not buffer and len(piece) >= size:
+            yield bytes(piece)
+            continue
+        buffer += piece
+        if len(buffer) >= size:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+def resolve_range(byte_range: ByteRange | None, size: int) -> tuple[int, int]:
+    """``[start, end)`` to read from a blob of ``size`` bytes.
+
+    Callers resolve ranges against the size they hold, so a range past the end means the
+    index and the bytes disagree: that is a bug or corruption, never a client error.
+    """
+    if byte_range is None:
+        return 0, size
+    if byte_range.end > size:
+        raise ValueError(f"range [{byte_range.start}, {byte_range.end}) beyond blob size {size}")
+    return byte_range.start, byte_range.end
+
+
+def locate(sizes: Sequence[int], start: int, end: int) -> list[tuple[int, int, int]]:
+    """Split ``[start, end)`` of a concatenation of pieces into ``(index, offset, length)``."""
+    if start >= end:
+        return []
+    offsets = list(accumulate(sizes, initial=0))
+    if end > offsets[-1]:
+        raise ValueError(f"range [{start}, {end}) beyond total size {offsets[-1]}")
+    index = bisect_right(offsets, start) - 1
+    extents: list[tuple[int, int, int]] = []
+    pos = start
+    while pos < end:
+        piece_start, piece_end = offsets[index], offsets[index + 1]
+        if piece_end > pos:
+            length = min(piece_end, end) - pos
+            extents.append((index, pos - piece_start, length))
+            pos += length
+        index += 1
+    return extents
+
+
+def spans(offset: int, length: int, chunk: int = CHUNK_SIZE) -> list[tuple[int, int]]:
+    """``(offset, length)`` reads of at most ``chunk`` bytes covering ``length`` bytes."""
+    return [(offset + done, min(chunk, length - done)) for done in range(0, length, chunk)]
+
+
+class BaseReader:
+    """What every :class:`~storage_backends.protocol.BlobReader` shares.
+
+    Subclasses implement ``_chunks`` and ``_release``. Iteration happens at most once; the
+    reader releases its resources when iteration ends, fails or is abandoned (``aclose`` is
+    idempotent, and also an async context manager exit).
+    """
+
+    def __init__(self, size: int, byte_range: ByteRange | None) -> None:
+        self._size = size
+        self._range = byte_range
+        self._start, self._end = resolve_range(byte_range, size)
+        self._iterated = False
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def range(self) -> ByteRange | None:
+        return self._range
+
+    @property
+    def content_length(self) -> int:
+        return self._end - self._start
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._iterated or self._closed:
+            raise RuntimeError("a blob reader can be iterated only once")
+        self._iterated = True
+        try:
+            async for chunk in self._chunks():
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def read_all(self) -> bytes:
+        """Convenience for tests and small blobs: the whole range as one ``bytes``."""
+        return b"".join([chunk async for chunk in self])
+
+    def _chunks(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free what the reader holds; must not block (closing file descriptors is fine)."""
+
+
+class BytesReader(BaseReader):
+    """A reader over bytes already in memory, yielded in ``CHUNK_SIZE`` slices."""
+
+    def __init__(self, data: bytes, byte_range: ByteRange | None = None) -> None:
+        super().__init__(len(data), byte_range)
+        self._data: bytes | None = data
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        view = memoryview(self._data or b"")
+        for offset, length in spans(self._start, self.content_length):
+            await anyio.lowlevel.checkpoint()
+            if self._closed:
+                return
+            yield bytes(view[offset : offset + length])
+
+    def _release(self) -> None:
+        self._data = None
+
+
+# -- file descriptor helpers (blocking: call them off the event loop) ---------------------
+# Python opens every descriptor non-inheritable (PEP 446), so no O_CLOEXEC is needed.
+
+_NO_COPY_FILE_RANGE = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+)
+MAX_SMALL_FILE = 16 * 1024 * 1024
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def pread_exact(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    pieces = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            raise StorageError("a blob file is shorter than the backend recorded")
+        pieces.append(more)
+        got += len(more)
+    return b"".join(pieces)
+
+
+def read_small(path: str) -> tuple[bytes, float]:
+    """A small regular file's bytes and mtime; links are not followed."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SMALL_FILE:
+            raise StorageError(f"{path} is not a small regular file")
+        return pread_exact(fd, st.st_size, 0), st.st_mtime
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def same_file(path: str, fd: int) -> bool:
+    """Whether ``path`` (not followed) still names the file open as ``fd``."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    ref = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino)
+
+
+def copy_fd_range(src_fd: int, offset: int, length: int, dst_fd: int) -> None:
+    """Append ``length`` bytes of ``src_fd`` from ``offset`` to ``dst_fd`` (in-kernel if it can)."""
+    while length > 0:
+        try:
+            copied = os.copy_file_range(src_fd, dst_fd, min(length, 1 << 30), offset)
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_FILE_RANGE:
+                raise
+            break
+        if copied == 0:
+            raise StorageError("a blob file is shorter than the backend recorded")
+        offset += copied
+        length -= copied
+    for at, size in spans(offset, length):
+        write_all(dst_fd, pread_exact(src_fd, size, at))

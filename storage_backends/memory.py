@@ -1,0 +1,171 @@
+"""A blob store in a dict, for tests. Holds whole bodies in memory; never for production."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio.lowlevel
+
+from storage_backends._keys import check_part_list, check_part_number, validate_blob_key
+from storage_backends._streams import BytesReader, resolve_range
+from storage_backends.errors import BlobNotFound, InvalidPart, UploadNotFound
+from storage_backends.protocol import (
+    BlobInfo,
+    BlobReader,
+    ByteRange,
+    Capabilities,
+    PartInfo,
+    PartRef,
+)
+
+
+@dataclass(slots=True)
+class _Blob:
+    data: bytes
+    last_modified: datetime
+
+    def info(self, key: str) -> BlobInfo:
+        return BlobInfo(key, len(self.data), self.last_modified)
+
+
+@dataclass(slots=True)
+class _Upload:
+    key: str
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+
+class MemoryBackend:
+    name = "memory"
+    capabilities = Capabilities(server_side_copy=True, native_multipart=True)
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, _Blob] = {}
+        self._uploads: dict[str, _Upload] = {}
+
+    async def put(
+        self, key: str, body: AsyncIterable[bytes], *, size: int | None = None
+    ) -> BlobInfo:
+        validate_blob_key(key)
+        data = await _collect(body)
+        blob = self._blobs[key] = _Blob(data, datetime.now(UTC))
+        return blob.info(key)
+
+    async def get(self, key: str, *, byte_range: ByteRange | None = None) -> BlobReader:
+        blob = self._blob(key)
+        await anyio.lowlevel.checkpoint()
+        return BytesReader(blob.data, byte_range)
+
+    async def head(self, key: str) -> BlobInfo:
+        blob = self._blob(key)
+        await anyio.lowlevel.checkpoint()
+        return blob.info(key)
+
+    async def delete(self, key: str) -> None:
+        validate_blob_key(key)
+        await anyio.lowlevel.checkpoint()
+        self._blobs.pop(key, None)
+
+    async def copy(self, src: str, dst: str) -> BlobInfo:
+        blob = self._blob(src)
+        validate_blob_key(dst)
+        await anyio.lowlevel.checkpoint()
+        copied = self._blobs[dst] = _Blob(blob.data, datetime.now(UTC))
+        return copied.info(dst)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
+        for key in sorted(k for k in self._blobs if k.startswith(prefix)):
+            await anyio.lowlevel.checkpoint()
+            blob = self._blobs.get(key)
+            if blob is not None:
+                yield blob.info(key)
+
+    # -- multipart -------------------------------------------------------------------------
+
+    async def create_multipart(self, key: str) -> str:
+        validate_blob_key(key)
+        await anyio.lowlevel.checkpoint()
+        upload_id = secrets.token_hex(16)
+        self._uploads[upload_id] = _Upload(key)
+        return upload_id
+
+    async def put_part(
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: AsyncIterable[bytes],
+        *,
+        size: int | None = None,
+    ) -> PartInfo:
+        self._upload(key, upload_id)
+        check_part_number(part_number)
+        data = await _collect(body)
+        self._upload(key, upload_id).parts[part_number] = data
+        return PartInfo(part_number, len(data))
+
+    async def copy_part(
+        self,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        src: str,
+        byte_range: ByteRange | None = None,
+    ) -> PartInfo:
+        upload = self._upload(key, upload_id)
+        check_part_number(part_number)
+        data = self._blob(src).data
+        start, end = resolve_range(byte_range, len(data))
+        await anyio.lowlevel.checkpoint()
+        upload.parts[part_number] = data[start:end]
+        return PartInfo(part_number, end - start)
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[PartRef]
+    ) -> BlobInfo:
+        upload = self._upload(key, upload_id)
+        check_part_list(parts)
+        chosen: list[bytes] = []
+        for ref in parts:
+            data = upload.parts.get(ref.part_number)
+            if data is None:
+                raise InvalidPart(ref.part_number)
+            if ref.size is not None and ref.size != len(data):
+                raise InvalidPart(ref.part_number, f"size {len(data)}, not {ref.size}")
+            chosen.append(data)
+        await anyio.lowlevel.checkpoint()
+        del self._uploads[upload_id]
+        blob = self._blobs[key] = _Blob(b"".join(chosen), datetime.now(UTC))
+        return blob.info(key)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        validate_blob_key(key)
+        await anyio.lowlevel.checkpoint()
+        upload = self._uploads.get(upload_id)
+        if upload is not None and upload.key == key:
+            del self._uploads[upload_id]
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _blob(self, key: str) -> _Blob:
+        validate_blob_key(key)
+        blob = self._blobs.get(key)
+        if blob is None:
+            raise BlobNotFound(key)
+        return blob
+
+    def _upload(self, key: str, upload_id: str) -> _Upload:
+        validate_blob_key(key)
+        upload = self._uploads.get(upload_id)
+        if upload is None or upload.key != key:
+            raise UploadNotFound(upload_id)
+        return upload
+
+
+async def _collect(body: AsyncIterable[bytes]) -> bytes:
+    return b"".join([bytes(piece) async for piece in body])

@@ -1,0 +1,88 @@
+"""Start a real gateway process on a free port, for black-box tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT_ACCESS_KEY = "GWTESTROOTACCESSKEY1"
+ROOT_SECRET_KEY = "test-root-secret-key-0123456789abcdefghij"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    env_extra: dict[str, str] = field(default_factory=dict)
+    access_key: str = ROOT_ACCESS_KEY
+    secret_key: str = ROOT_SECRET_KEY
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "GATEWAY_DATA_DIR": str(self.data_dir),
+            "GATEWAY_PORT": str(self.port),
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_ROOT_ACCESS_KEY": self.access_key,
+            "GATEWAY_ROOT_SECRET_KEY": self.secret_key,
+            "GATEWAY_LOG_LEVEL": "warning",
+        })
+        env.update(self.env_extra)
+        return env
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"gateway-{self.port}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"],
+                                     env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gateway did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def kill(self) -> None:
+        """kill -9: no shutdown handlers run."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
