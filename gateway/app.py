@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
-from storage_backends.registry import open_backend
 
 from gateway.core import Gateway
 from gateway.metadata.db import Database
@@ -22,6 +21,7 @@ from gateway.s3.routing import split_host_bucket
 from gateway.service.accounts import RootCredentials
 from gateway.service.gc import collect_garbage
 from gateway.settings import Settings
+from storage_backends.registry import open_backend
 
 log = logging.getLogger("gateway")
 
@@ -74,7 +74,7 @@ class GatewayApp:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
-        await db.migrate()
+        await db.start()
         backend = open_backend(settings.backend, data_dir=settings.data_dir)
         gateway = Gateway.build(settings, db, backend)
         creds = await gateway.accounts.ensure_root()

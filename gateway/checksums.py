@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 
 from awscrt import checksums as _crt
 
@@ -33,6 +33,10 @@ _NOT_VALUES = frozenset({"x-amz-checksum-type", "x-amz-checksum-algorithm",
 _DIGEST_SIZE = {"CRC32": 4, "CRC32C": 4, "CRC64NVME": 8, "SHA1": 20, "SHA256": 32}
 _CRC: dict[str, Callable[[bytes, int], int]] = {
     "CRC32": _crt.crc32, "CRC32C": _crt.crc32c, "CRC64NVME": _crt.crc64nvme,
+}
+_COMBINE: dict[str, Callable[[int, int, int], int]] = {
+    "CRC32": _crt.combine_crc32, "CRC32C": _crt.combine_crc32c,
+    "CRC64NVME": _crt.combine_crc64nvme,
 }
 
 
@@ -85,6 +89,28 @@ class Checksum:
 
     def digest_b64(self) -> str:
         return base64.b64encode(self.digest()).decode("ascii")
+
+
+def composite(algorithm: str, part_values: Sequence[str]) -> str:
+    """A multipart COMPOSITE checksum: the checksum of the parts' raw digests, ``-<count>``."""
+    checksum = Checksum(algorithm)
+    for value in part_values:
+        checksum.update(base64.b64decode(value))
+    return f"{checksum.digest_b64()}-{len(part_values)}"
+
+
+def combine_full_object(algorithm: str, parts: Sequence[tuple[str, int]]) -> str:
+    """A multipart FULL_OBJECT checksum from the parts' ``(value, size)``, without re-reading
+    the bytes. CRC algorithms only (S3 allows FULL_OBJECT for those alone)."""
+    algorithm = normalize_algorithm(algorithm)
+    combine = _COMBINE.get(algorithm)
+    if combine is None:
+        raise InvalidRequest(f"The FULL_OBJECT checksum type is not supported for {algorithm}.")
+    size = _DIGEST_SIZE[algorithm]
+    total = 0
+    for value, length in parts:
+        total = combine(total, int.from_bytes(base64.b64decode(value), "big"), length)
+    return base64.b64encode(total.to_bytes(size, "big")).decode("ascii")
 
 
 def checksum_request(headers: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:

@@ -1,4 +1,6 @@
-"""Blob keys: chosen by the service (``b/12/4f/4f9c…``), never by users, checked strictly anyway.
+"""Blob keys and part numbers: what a backend accepts as names.
+
+Blob keys are chosen by the service (``b/12/4f/4f9c…``), never by users, checked strictly anyway.
 
 A key is 1 to 8 segments joined by ``/``; each segment starts with an ASCII letter or digit
 and continues with letters, digits, ``.``, ``_`` or ``-`` (at most 128 characters). So a key
@@ -18,7 +20,8 @@ from storage_backends.protocol import PartRef
 MAX_KEY_LENGTH = 512
 MAX_SEGMENTS = 8
 MAX_PART_NUMBER = 10_000
-_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: One segment of a blob key; backends may use it to recognise their own names.
+SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def validate_blob_key(key: str) -> str:
@@ -29,7 +32,7 @@ def validate_blob_key(key: str) -> str:
     if len(segments) > MAX_SEGMENTS:
         raise InvalidBlobKey(key)
     for segment in segments:
-        if _SEGMENT.fullmatch(segment) is None:
+        if SEGMENT.fullmatch(segment) is None:
             raise InvalidBlobKey(key)
     return key
 

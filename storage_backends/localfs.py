@@ -2,22 +2,22 @@
 
 Layout under ``root``::
 
-    blobs/<key>                        a whole blob (the key's segments are directories)
-    blobs/<key>@manifest               a blob completed from parts: JSON naming its segments
-    blobs/<key>@seg-<id>/<NNNNN>       ...and the segments: the parts, moved there, never copied
-    uploads/<id>/key, <NNNNN>          a multipart upload: the key it belongs to, and its parts
-    tmp/<instance>.lock, tmp/<instance>/   one live instance's staging area, flock'ed while alive
-    tmp/retired/<token>/               segment and upload directories on their way out
+    blobs/<key>                      a whole blob (the key's segments are directories)
+    blobs/<key>@manifest             a blob completed from parts: JSON naming its segments
+    blobs/<key>@seg-<id>/<NNNNN>     ...and its segments: the parts, moved there, never copied
+    uploads/<id>/key, <NNNNN>        a multipart upload: the key it belongs to, and its parts
+    tmp/<instance>.lock              flock'ed by a live backend instance for its lifetime
+    tmp/<instance>/                  ...and its staging files; swept once its lock is free
+    tmp/retired/<token>/             segment and upload directories on their way out
 
-Blob keys never contain ``@`` (see ``_keys``), so a whole blob and the pieces of a segmented
-one can never be confused, and no internal name can be reached through a key.
+Blob keys never contain ``@`` (see ``_keys``): a whole blob and the pieces of a segmented
+one cannot be confused, and no key reaches an internal name.
 
 Readers look for the whole blob first, then for the manifest. Every change a reader can
-observe is one ``rename`` or ``unlink``: a new whole blob replaces the file and then drops
-any manifest; a new segmented blob replaces the manifest and then drops any whole file.
-Readers hold an open descriptor (and, for segments, a shared ``flock`` on the segment
-directory, which deletion respects), so a read in progress is never torn by an overwrite
-or a delete.
+observe is one ``rename`` or ``unlink``: a new whole blob replaces the file, then drops any
+manifest; a new segmented blob replaces the manifest, then drops any whole file. A reader
+holds an open descriptor (for segments: the segment directory, with a shared ``flock`` that
+deletion waits for), so an overwrite or a delete never tears a read in progress.
 """
 
 from __future__ import annotations
@@ -41,20 +41,19 @@ from typing import TypeVar
 import anyio
 from anyio import to_thread
 
-from storage_backends._keys import check_part_list, check_part_number, validate_blob_key
+from storage_backends._keys import SEGMENT, check_part_list, check_part_number, validate_blob_key
 from storage_backends._streams import (
-    BaseReader,
+    FilePieces,
+    FileReader,
+    StagedFile,
     copy_fd_range,
+    discarding,
     fsync_dir,
-    locate,
-    pread_exact,
     read_small,
     rechunk,
     resolve_range,
     same_file,
-    spans,
-    write_all,
-)
+)  # fmt: skip
 from storage_backends.errors import (
     BackendUnavailable,
     BlobNotFound,
@@ -63,7 +62,7 @@ from storage_backends.errors import (
     InvalidPart,
     StorageError,
     UploadNotFound,
-)
+)  # fmt: skip
 from storage_backends.protocol import (
     CHUNK_SIZE,
     BlobInfo,
@@ -72,7 +71,7 @@ from storage_backends.protocol import (
     Capabilities,
     PartInfo,
     PartRef,
-)
+)  # fmt: skip
 
 T = TypeVar("T")
 
@@ -80,13 +79,11 @@ MANIFEST = "@manifest"
 SEGMENTS = "@seg-"
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 _INSTANCE_ID = re.compile(r"[0-9a-f]{16}")
-_SEGMENT_DIR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}@seg-[0-9a-f]{32}")
+_SEGMENT_DIR = re.compile(SEGMENT.pattern + r"@seg-[0-9a-f]{32}")
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-# The medium misbehaves or is out of a transient resource: the caller may retry later.
-_TRANSIENT = frozenset(
-    {errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.EROFS, errno.EMFILE,
-     errno.ENFILE, errno.ENOMEM}
-)
+# The medium misbehaves or ran out of a transient resource: the caller may retry later.
+_TRANSIENT = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.EROFS,
+                        errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 # Hard links are an optimisation; these mean "not here", and a streamed copy follows.
 _NO_LINK = frozenset({errno.EMLINK, errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EACCES})
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
@@ -103,7 +100,7 @@ def _os_errors(key: str, *, writing: bool = False) -> Iterator[None]:
         raise
     except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
         # A path component is a file, or the key names a directory: on this backend a key
-        # cannot be both a blob and a prefix of other blobs ("a" and "a/b").
+        # cannot be both a blob and a prefix of other blobs' keys ("a" and "a/b").
         if writing:
             raise InvalidBlobKey(key) from exc
         raise BlobNotFound(key) from exc
@@ -125,39 +122,8 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
-@dataclass(slots=True)
-class _Staged:
-    """A file being written in the staging area; ``fd`` is -1 once closed."""
-
-    path: str
-    fd: int = -1
-    size: int = 0
-    mtime: float = 0.0
-    created: bool = False
-
-    def open(self) -> None:
-        self.created = True
-        self.fd = os.open(self.path, _CREATE_FLAGS, 0o600)
-
-    def write(self, data: bytes) -> None:
-        write_all(self.fd, data)
-
-    def seal(self) -> None:
-        """Make the bytes durable before the file gets its final name."""
-        os.fsync(self.fd)
-        st = os.fstat(self.fd)
-        self.size, self.mtime = st.st_size, st.st_mtime
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-    def discard(self) -> None:
-        self.close()
-        with suppress(FileNotFoundError):
-            os.unlink(self.path)
+def _part_name(part_number: int) -> str:
+    return f"{part_number:05d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,106 +144,15 @@ class _Manifest:
     def decode(cls, raw: bytes, where: str) -> _Manifest:
         try:
             doc = json.loads(raw)
-            parts = tuple((int(n), int(size)) for n, size in doc["parts"])
-            manifest = cls(str(doc["segments"]), parts)
-            valid = (
-                doc["version"] == 1
-                and _SEGMENT_DIR.fullmatch(manifest.segments) is not None
-                and all(1 <= n <= 10_000 and size >= 0 for n, size in parts)
-                and manifest.size == doc["size"]
-            )
+            manifest = cls(str(doc["segments"]), tuple((int(n), int(s)) for n, s in doc["parts"]))
+            valid = (doc["version"] == 1 and manifest.size == doc["size"]
+                     and _SEGMENT_DIR.fullmatch(manifest.segments) is not None
+                     and all(1 <= n <= 10_000 and s >= 0 for n, s in manifest.parts))
         except (ValueError, KeyError, TypeError) as exc:
             raise StorageError(f"corrupt manifest {where}") from exc
         if not valid:
             raise StorageError(f"corrupt manifest {where}")
         return manifest
-
-
-def _part_name(part_number: int) -> str:
-    return f"{part_number:05d}"
-
-
-class _Source:
-    """An opened blob: one descriptor, or a locked segment directory and the segments' names."""
-
-    def __init__(self, size: int, mtime: float, fd: int = -1, dir_fd: int = -1,
-                 manifest: _Manifest | None = None) -> None:
-        self.size, self.mtime, self.fd, self.dir_fd = size, mtime, fd, dir_fd
-        self.manifest = manifest
-        if manifest is None:
-            self.pieces: tuple[tuple[str, int], ...] = (("", size),)
-        else:
-            self.pieces = tuple((_part_name(n), size) for n, size in manifest.parts)
-
-    def open_piece(self, index: int) -> int:
-        if self.manifest is None:
-            return self.fd
-        return os.open(self.pieces[index][0], os.O_RDONLY, dir_fd=self.dir_fd)
-
-    def close_piece(self, fd: int) -> None:
-        if self.manifest is not None:  # a whole blob's descriptor lives as long as the source
-            os.close(fd)
-
-    def extents(self, start: int, end: int) -> list[tuple[int, int, int]]:
-        return locate([size for _, size in self.pieces], start, end)
-
-    def copy_into(self, out_fd: int, start: int, end: int) -> None:
-        for index, offset, length in self.extents(start, end):
-            fd = self.open_piece(index)
-            try:
-                copy_fd_range(fd, offset, length, out_fd)
-            finally:
-                self.close_piece(fd)
-
-    def close(self) -> None:
-        for name in ("fd", "dir_fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                setattr(self, name, -1)
-                os.close(fd)  # closing the directory also drops the shared lock
-
-
-class _FileReader(BaseReader):
-    def __init__(self, key: str, source: _Source, byte_range: ByteRange | None) -> None:
-        super().__init__(source.size, byte_range)
-        self._key = key
-        self._source: _Source | None = source
-        self._preloaded: bytes | None = None
-
-    def preload(self) -> None:
-        """Small reads: fetch the bytes while opening, so the whole GET is one thread hop."""
-        assert self._source is not None
-        parts = []
-        for index, offset, length in self._source.extents(self._start, self._end):
-            fd = self._source.open_piece(index)
-            try:
-                parts.append(pread_exact(fd, length, offset))
-            finally:
-                self._source.close_piece(fd)
-        self._preloaded = b"".join(parts)
-        self._release()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        if self._preloaded is not None:
-            if self._preloaded:
-                yield self._preloaded
-            return
-        source = self._source
-        assert source is not None
-        for index, offset, length in source.extents(self._start, self._end):
-            with _os_errors(self._key):
-                fd = await to_thread.run_sync(source.open_piece, index)
-            try:
-                for at, size in spans(offset, length):
-                    with _os_errors(self._key):
-                        yield await to_thread.run_sync(pread_exact, fd, size, at)
-            finally:
-                source.close_piece(fd)
-
-    def _release(self) -> None:
-        if self._source is not None:
-            source, self._source = self._source, None
-            source.close()
 
 
 class LocalFSBackend:
@@ -296,11 +171,15 @@ class LocalFSBackend:
                 raise StorageError(f"{path} must be a directory, not a link")
         self._lock_fd, self.instance_id = self._claim_instance()
         self._staging = os.path.join(self._tmp, self.instance_id)
-        os.mkdir(self._staging, 0o700)
         self._names = count()
         self._closed = False
-        self._sweep_dead_instances()
-        self._purge_retired()
+        try:
+            os.mkdir(self._staging, 0o700)
+            self._sweep_dead_instances()
+            self._purge_retired()
+        except BaseException:
+            self._shutdown()
+            raise
 
     # -- blobs -----------------------------------------------------------------------------
 
@@ -332,9 +211,13 @@ class LocalFSBackend:
         validate_blob_key(key)
 
         def delete() -> None:
+            try:
+                self._check_parents(key)
+            except NotADirectoryError:
+                return  # a prefix of the key is a blob, so this key cannot be one
             path = self._path(key)
             self._drop_segmented(path)
-            with suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            with suppress(FileNotFoundError, IsADirectoryError):
                 os.unlink(path)
 
         with _os_errors(key, writing=True):
@@ -343,20 +226,25 @@ class LocalFSBackend:
     async def copy(self, src: str, dst: str) -> BlobInfo:
         validate_blob_key(src)
         validate_blob_key(dst)
-        with _os_errors(src):
-            staged = await to_thread.run_sync(self._link_whole, src)
-        try:
-            with _os_errors(dst, writing=True):
-                if staged is not None:
-                    return await to_thread.run_sync(self._install_whole, dst, staged)
-                return await to_thread.run_sync(self._copy_opened, src, dst)
-        except BaseException:
-            if staged is not None:
-                await self._discard(staged)
-            raise
+
+        def copy() -> BlobInfo:
+            staged = self._link_whole(src)
+            if staged is None:
+                source = self._open_source(src)
+                try:
+                    if source.segmented:
+                        return self._copy_segmented(source, dst)
+                    staged = self._stage_range(source, None)
+                finally:
+                    source.close()
+            with discarding(staged):
+                return self._install_whole(dst, staged)
+
+        with _os_errors(dst, writing=True):
+            return await to_thread.run_sync(copy)
 
     async def list(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
-        """Every blob whose key starts with ``prefix``, one directory per thread hop; unordered."""
+        """Every blob whose key starts with ``prefix``, a directory per thread hop; unordered."""
         pending = [""]
         while pending:
             rel = pending.pop()
@@ -376,7 +264,7 @@ class LocalFSBackend:
             stage = self._staging_path()
             os.mkdir(stage, 0o700)
             try:
-                marker = _Staged(os.path.join(stage, "key"))
+                marker = StagedFile(os.path.join(stage, "key"))
                 marker.open()
                 marker.write(key.encode())
                 marker.seal()
@@ -403,7 +291,7 @@ class LocalFSBackend:
         updir = self._upload_dir(key, upload_id)
         check_part_number(part_number)
 
-        def install(staged: _Staged) -> PartInfo:
+        def install(staged: StagedFile) -> PartInfo:
             self._install_part(upload_id, updir, part_number, staged.path)
             return PartInfo(part_number, staged.size)
 
@@ -425,23 +313,14 @@ class LocalFSBackend:
         def copy_part() -> PartInfo:
             self._check_upload(key, upload_id, updir)
             staged = self._link_whole(src) if byte_range is None else None
-            try:
-                if staged is None:
-                    staged = _Staged(self._staging_path())
-                    with _os_errors(src):
-                        source = self._open_source(src)
-                    try:
-                        start, end = resolve_range(byte_range, source.size)
-                        staged.open()
-                        source.copy_into(staged.fd, start, end)
-                    finally:
-                        source.close()
-                    staged.seal()
+            if staged is None:
+                source = self._open_source(src)
+                try:
+                    staged = self._stage_range(source, byte_range)
+                finally:
+                    source.close()
+            with discarding(staged):
                 self._install_part(upload_id, updir, part_number, staged.path)
-            except BaseException:
-                if staged is not None:
-                    staged.discard()
-                raise
             return PartInfo(part_number, staged.size)
 
         with _os_errors(key, writing=True):
@@ -456,17 +335,15 @@ class LocalFSBackend:
             return await to_thread.run_sync(self._complete, key, upload_id, updir, parts)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
-        validate_blob_key(key)
-        if _UPLOAD_ID.fullmatch(upload_id) is None:
+        try:
+            updir = self._upload_dir(key, upload_id)
+        except UploadNotFound:
             return
-        updir = os.path.join(self._uploads, upload_id)
 
         def abort() -> None:
-            try:
+            with suppress(UploadNotFound):
                 self._check_upload(key, upload_id, updir)
-            except UploadNotFound:
-                return
-            self._retire(updir)
+                self._retire(updir)
 
         with _os_errors(key, writing=True):
             await to_thread.run_sync(abort)
@@ -477,7 +354,7 @@ class LocalFSBackend:
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(self._shutdown)
 
-    # -- paths and containment -------------------------------------------------------------
+    # -- names, paths and containment ------------------------------------------------------
 
     def _path(self, key: str) -> str:
         return os.path.join(self._blobs, key)
@@ -488,8 +365,9 @@ class LocalFSBackend:
     def _check_parents(self, key: str) -> None:
         """Keep every path under the root: no directory on the way to a blob may be a link.
 
-        Keys are validated (no ``..``, not absolute), and final names are opened with
-        ``O_NOFOLLOW``, so links planted on the way are all that could lead outside.
+        Keys cannot hold ``..`` or start with ``/``, and final names are opened with
+        ``O_NOFOLLOW`` (or replaced, which does not follow them): links planted on the way
+        are all that could lead outside, and this refuses them.
         """
         path = self._blobs
         for segment in key.split("/")[:-1]:
@@ -531,7 +409,7 @@ class LocalFSBackend:
         self,
         key: str,
         body: AsyncIterable[bytes],
-        install: Callable[[_Staged], T],
+        install: Callable[[StagedFile], T],
         *,
         precheck: Callable[[], None],
     ) -> T:
@@ -540,110 +418,59 @@ class LocalFSBackend:
         A body that fits in one chunk costs a single thread hop. Exceptions raised by the
         body propagate unchanged; the staging file is removed whatever happens.
         """
-        staged = _Staged(self._staging_path())
+        staged = StagedFile(self._staging_path())
+
+        def begin(*chunks: bytes | None) -> None:
+            precheck()
+            staged.open()
+            for chunk in chunks:
+                if chunk:
+                    staged.write(chunk)
+
+        def finish() -> T:
+            staged.seal()
+            return install(staged)
+
+        def at_once(chunk: bytes | None) -> T:
+            begin(chunk)
+            return finish()
+
         try:
             async with aclosing(rechunk(body)) as chunks:
                 first = await anext(chunks, None)
                 second = await anext(chunks, None) if first is not None else None
-
-                def begin() -> None:
-                    precheck()
-                    staged.open()
-                    for chunk in (first, second):
-                        if chunk:
-                            staged.write(chunk)
-
-                def finish() -> T:
-                    staged.seal()
-                    return install(staged)
-
                 if second is None:
-                    def whole() -> T:
-                        begin()
-                        return finish()
-
                     with _os_errors(key, writing=True):
-                        return await to_thread.run_sync(whole)
+                        return await to_thread.run_sync(at_once, first)
                 with _os_errors(key, writing=True):
-                    await to_thread.run_sync(begin)
+                    await to_thread.run_sync(begin, first, second)
+                del first, second
                 async for chunk in chunks:
                     with _os_errors(key, writing=True):
                         await to_thread.run_sync(staged.write, chunk)
                 with _os_errors(key, writing=True):
                     return await to_thread.run_sync(finish)
         except BaseException:
-            await self._discard(staged)
+            if staged.created:
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(staged.discard)
             raise
 
-    async def _discard(self, staged: _Staged) -> None:
-        if staged.created:
-            with anyio.CancelScope(shield=True):
-                await to_thread.run_sync(staged.discard)
-
-    def _replace(self, key: str, src: str, final: str) -> None:
-        """``os.replace`` into the blob tree, creating directories; then make it durable."""
-        try:
-            os.replace(src, final)
-        except FileNotFoundError:
-            if not os.path.lexists(src):
-                raise
-            self._make_parents(key)
-            os.replace(src, final)
-        fsync_dir(os.path.dirname(final))
-
-    def _install_whole(self, key: str, staged: _Staged) -> BlobInfo:
-        path = self._path(key)
-        self._replace(key, staged.path, path)
-        self._drop_segmented(path)
-        return BlobInfo(key, staged.size, _utc(staged.mtime))
-
-    def _install_segmented(self, key: str, manifest: _Manifest) -> BlobInfo:
-        path = self._path(key)
-        staged = _Staged(self._staging_path())
-        try:
+    def _stage_range(self, source: FilePieces, byte_range: ByteRange | None) -> StagedFile:
+        start, end = resolve_range(byte_range, source.size)
+        with discarding(StagedFile(self._staging_path())) as staged:
             staged.open()
-            staged.write(manifest.encode())
+            source.copy_into(staged.fd, start, end)
             staged.seal()
-            try:
-                old = self._read_manifest(path)
-            except StorageError:
-                old = None
-            self._replace(key, staged.path, path + MANIFEST)
-        except BaseException:
-            staged.discard()
-            raise
-        try:
-            os.unlink(path)
-            fsync_dir(os.path.dirname(path))
-        except (FileNotFoundError, IsADirectoryError):
-            pass
-        if old is not None and old.segments != manifest.segments:
-            self._retire(os.path.join(os.path.dirname(path), old.segments))
-        return BlobInfo(key, manifest.size, _utc(staged.mtime))
+        return staged
 
-    def _drop_segmented(self, path: str) -> None:
-        try:
-            manifest = self._read_manifest(path)
-        except StorageError:
-            manifest = None  # corrupt: drop it all the same, its segments are lost to us
-        try:
-            os.unlink(path + MANIFEST)
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        if manifest is not None:
-            self._retire(os.path.join(os.path.dirname(path), manifest.segments))
-
-    def _read_manifest(self, path: str) -> _Manifest | None:
-        try:
-            raw = read_small(path + MANIFEST)[0]
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return _Manifest.decode(raw, path + MANIFEST)
-
-    def _link_whole(self, src: str) -> _Staged | None:
+    def _link_whole(self, src: str) -> StagedFile | None:
         """Hard-link a whole blob into staging (blobs are immutable); None if it cannot be."""
-        self._check_parents(src)
-        staged = _Staged(self._staging_path())
+        try:
+            self._check_parents(src)
+        except NotADirectoryError:
+            return None
+        staged = StagedFile(self._staging_path())
         try:
             os.link(self._path(src), staged.path, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
@@ -653,42 +480,73 @@ class LocalFSBackend:
                 return None
             raise
         staged.created = True
-        st = os.lstat(staged.path)
-        if not stat.S_ISREG(st.st_mode):
-            staged.discard()
-            return None
-        # The copy is new: garbage collection judges a blob's age by its mtime. The source
-        # shares the inode and looks younger too, which only delays its collection.
-        os.utime(staged.path)
-        st = os.lstat(staged.path)
-        staged.size, staged.mtime = st.st_size, st.st_mtime
+        with discarding(staged):
+            if not stat.S_ISREG(os.lstat(staged.path).st_mode):
+                staged.discard()
+                return None
+            # The copy is new: garbage collection judges a blob's age by its mtime. The
+            # source shares the inode and looks younger too, which only delays its collection.
+            os.utime(staged.path)
+            st = os.lstat(staged.path)
+            staged.size, staged.mtime = st.st_size, st.st_mtime
         return staged
 
-    def _copy_opened(self, src: str, dst: str) -> BlobInfo:
-        with _os_errors(src):
-            source = self._open_source(src)
+    def _replace(self, key: str, src: str, final: str) -> None:
+        """``os.replace`` into the blob tree, creating directories; then make it durable."""
+        self._check_parents(key)
         try:
-            if source.manifest is None:
-                staged = _Staged(self._staging_path())
-                try:
-                    staged.open()
-                    source.copy_into(staged.fd, 0, source.size)
-                    staged.seal()
-                    return self._install_whole(dst, staged)
-                except BaseException:
-                    staged.discard()
-                    raise
-            return self._copy_segmented(source, source.manifest, dst)
-        finally:
-            source.close()
+            os.replace(src, final)
+        except FileNotFoundError:
+            if not os.path.lexists(src):
+                raise
+            self._make_parents(key)
+            os.replace(src, final)
+        fsync_dir(os.path.dirname(final))
 
-    def _copy_segmented(self, source: _Source, manifest: _Manifest, dst: str) -> BlobInfo:
+    def _install_whole(self, key: str, staged: StagedFile) -> BlobInfo:
+        path = self._path(key)
+        self._replace(key, staged.path, path)
+        self._drop_segmented(path)
+        return BlobInfo(key, staged.size, _utc(staged.mtime))
+
+    def _install_segmented(self, key: str, manifest: _Manifest) -> BlobInfo:
+        path = self._path(key)
+        with discarding(StagedFile(self._staging_path())) as staged:
+            staged.open()
+            staged.write(manifest.encode())
+            staged.seal()
+            old = self._read_manifest(path)
+            self._replace(key, staged.path, path + MANIFEST)
+        with suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(path)  # the manifest is durable already: now the whole blob may go
+            fsync_dir(os.path.dirname(path))
+        if old is not None and old.segments != manifest.segments:
+            self._retire(os.path.join(os.path.dirname(path), old.segments))
+        return BlobInfo(key, manifest.size, _utc(staged.mtime))
+
+    def _drop_segmented(self, path: str) -> None:
+        manifest = self._read_manifest(path)
+        try:
+            os.unlink(path + MANIFEST)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if manifest is not None:
+            self._retire(os.path.join(os.path.dirname(path), manifest.segments))
+
+    def _read_manifest(self, path: str) -> _Manifest | None:
+        """For writers: None when there is none, or one too corrupt to name its segments."""
+        try:
+            return _Manifest.decode(read_small(path + MANIFEST)[0], path + MANIFEST)
+        except (FileNotFoundError, NotADirectoryError, StorageError):
+            return None
+
+    def _copy_segmented(self, source: FilePieces, dst: str) -> BlobInfo:
         stage = self._staging_path()
         os.mkdir(stage, 0o700)
         try:
             stage_fd = os.open(stage, _DIR_FLAGS)
             try:
-                for index, (name, _) in enumerate(source.pieces):
+                for index, (name, size) in enumerate(source.pieces):
                     try:
                         os.link(name, name, src_dir_fd=source.dir_fd, dst_dir_fd=stage_fd,
                                 follow_symlinks=False)
@@ -699,7 +557,7 @@ class LocalFSBackend:
                     out = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=stage_fd)
                     piece = source.open_piece(index)
                     try:
-                        copy_fd_range(piece, 0, source.pieces[index][1], out)
+                        copy_fd_range(piece, 0, size, out)
                         os.fsync(out)
                     finally:
                         source.close_piece(piece)
@@ -708,12 +566,12 @@ class LocalFSBackend:
             finally:
                 os.close(stage_fd)
             segments = f"{dst.rsplit('/', 1)[-1]}{SEGMENTS}{secrets.token_hex(16)}"
-            target = os.path.join(os.path.dirname(self._path(dst)), segments)
-            self._replace(dst, stage, target)
+            self._replace(dst, stage, os.path.join(os.path.dirname(self._path(dst)), segments))
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        return self._install_segmented(dst, _Manifest(segments, manifest.parts))
+        parts = tuple((int(name), size) for name, size in source.pieces)
+        return self._install_segmented(dst, _Manifest(segments, parts))
 
     def _install_part(self, upload_id: str, updir: str, part_number: int, staged: str) -> None:
         try:
@@ -728,17 +586,13 @@ class LocalFSBackend:
         path = self._path(key)
         segments = f"{key.rsplit('/', 1)[-1]}{SEGMENTS}{upload_id}"
         segdir = os.path.join(os.path.dirname(path), segments)
+        self._check_parents(key)
         try:
             self._check_upload(key, upload_id, updir)
             holder = updir
         except UploadNotFound:
-            # Completed before, perhaps interrupted by a crash: finishing again is safe.
-            self._check_parents(key)
-            try:
-                if not stat.S_ISDIR(os.lstat(segdir).st_mode):
-                    raise
-            except FileNotFoundError:
-                raise UploadNotFound(upload_id) from None
+            # Completed before (perhaps cut short by a crash): completing again is safe.
+            self._check_upload(key, upload_id, segdir)
             holder = segdir
         chosen = []
         for ref in parts:
@@ -754,16 +608,14 @@ class LocalFSBackend:
             for entry in os.scandir(updir):
                 if entry.name not in keep:
                     os.unlink(entry.path)
-            self._check_parents(key)
-            self._replace(key, updir, segdir)
+            self._replace(key, updir, segdir)  # the parts become segments: no byte is copied
             fsync_dir(self._uploads)
         return self._install_segmented(key, _Manifest(segments, tuple(chosen)))
 
     def _retire(self, path: str) -> None:
-        """Move a directory out of sight at once, then delete it unless a reader still holds it."""
-        target = os.path.join(self._retired, secrets.token_hex(16))
+        """Move a directory out of sight at once; delete it unless a reader still holds it."""
         try:
-            os.rename(path, target)
+            os.rename(path, os.path.join(self._retired, secrets.token_hex(16)))
         except FileNotFoundError:
             return
         self._purge_retired()
@@ -778,7 +630,7 @@ class LocalFSBackend:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 shutil.rmtree(entry.path, ignore_errors=True)
             except BlockingIOError:
-                pass  # a reader is still streaming from it; the next purge gets it
+                pass  # a reader is still streaming from it; a later purge gets it
             finally:
                 os.close(fd)
 
@@ -787,7 +639,7 @@ class LocalFSBackend:
     def _open_reader(self, key: str, byte_range: ByteRange | None) -> BlobReader:
         source = self._open_source(key)
         try:
-            reader = _FileReader(key, source, byte_range)
+            reader = FileReader(source, byte_range, lambda: _os_errors(key))
             if reader.content_length <= CHUNK_SIZE:
                 reader.preload()
         except BaseException:
@@ -795,27 +647,28 @@ class LocalFSBackend:
             raise
         return reader
 
-    def _open_source(self, key: str) -> _Source:
-        self._check_parents(key)
-        path = self._path(key)
-        for _attempt in range(3):
-            try:
-                fd = os.open(path, _READ_FLAGS)
-            except FileNotFoundError:
-                pass
-            else:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode):
-                    return _Source(st.st_size, st.st_mtime, fd=fd)
-                os.close(fd)  # a directory: the key is a prefix of other keys' paths
-            source = self._open_segmented(path)
-            if source is not None:
-                return source
-            # Neither, or a segment directory already retired: a writer switched versions
-            # between our two looks. Look again.
-        raise BlobNotFound(key)
+    def _open_source(self, key: str) -> FilePieces:
+        with _os_errors(key):
+            self._check_parents(key)
+            path = self._path(key)
+            for _attempt in range(3):
+                try:
+                    fd = os.open(path, _READ_FLAGS)
+                except FileNotFoundError:
+                    pass
+                else:
+                    st = os.fstat(fd)
+                    if stat.S_ISREG(st.st_mode):
+                        return FilePieces(st.st_size, st.st_mtime, fd=fd)
+                    os.close(fd)  # a directory: the key is a prefix of other keys
+                source = self._open_segmented(path)
+                if source is not None:
+                    return source
+                # Neither, or segments already retired: a writer switched versions between
+                # our looks. Look again.
+            raise BlobNotFound(key)
 
-    def _open_segmented(self, path: str) -> _Source | None:
+    def _open_segmented(self, path: str) -> FilePieces | None:
         try:
             raw, mtime = read_small(path + MANIFEST)
         except FileNotFoundError:
@@ -828,8 +681,9 @@ class LocalFSBackend:
             return None
         try:
             fcntl.flock(dir_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            if same_file(segdir, dir_fd):
-                return _Source(manifest.size, mtime, dir_fd=dir_fd, manifest=manifest)
+            if same_file(segdir, dir_fd):  # not retired between our open and our lock
+                pieces = [(_part_name(n), size) for n, size in manifest.parts]
+                return FilePieces(manifest.size, mtime, dir_fd=dir_fd, pieces=pieces)
         except BlockingIOError:
             pass  # being deleted right now
         os.close(dir_fd)
@@ -847,15 +701,15 @@ class LocalFSBackend:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if same_file(lock_path, fd):
+                if same_file(lock_path, fd):  # a sweeper did not remove it before we locked
                     return fd, ident
             except BlockingIOError:
-                pass  # a sweeper took it between our create and our lock
+                pass  # a sweeper holds it right now
             os.close(fd)
         raise BackendUnavailable(f"could not claim a staging area under {self._tmp}")
 
     def _sweep_dead_instances(self) -> None:
-        """Remove the staging areas of instances that died (their lock is free)."""
+        """Remove the staging areas of instances that died: those whose lock is free."""
         idents = {entry.name.removesuffix(".lock") for entry in os.scandir(self._tmp)}
         for ident in idents - {self.instance_id}:
             if _INSTANCE_ID.fullmatch(ident) is None:
@@ -878,7 +732,8 @@ class LocalFSBackend:
                     os.close(fd)
 
     def _shutdown(self) -> None:
-        self._purge_retired()
+        with suppress(OSError):
+            self._purge_retired()
         shutil.rmtree(self._staging, ignore_errors=True)
         try:
             os.unlink(os.path.join(self._tmp, f"{self.instance_id}.lock"))
@@ -897,13 +752,15 @@ def _scan(blobs: str, rel: str, prefix: str) -> tuple[list[BlobInfo], list[str]]
     files = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
     for entry in entries:
         name = entry.name
+        leaf = name.removesuffix(MANIFEST)
+        if SEGMENT.fullmatch(leaf) is None:
+            continue  # not a name a blob key makes: segments, or someone else's files
         try:
-            if name.endswith(MANIFEST) and entry.is_file(follow_symlinks=False):
-                key = rel + name.removesuffix(MANIFEST)
-                if key.startswith(prefix) and key.rsplit("/", 1)[-1] not in files:
-                    infos.append(_segmented_info(key, entry.path))
-            elif "@" in name:
-                continue
+            if leaf != name:
+                # With both present (a crash mid-switch), the whole blob is the current one.
+                if leaf not in files and entry.is_file(follow_symlinks=False) \
+                        and (rel + leaf).startswith(prefix):
+                    infos.append(_segmented_info(rel + leaf, entry.path))
             elif entry.is_dir(follow_symlinks=False):
                 sub = f"{rel}{name}/"
                 if sub.startswith(prefix) or prefix.startswith(sub):

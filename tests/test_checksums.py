@@ -16,6 +16,8 @@ from gateway.checksums import (
     Checksum,
     DigestingStream,
     checksum_request,
+    combine_full_object,
+    composite,
     header_for,
     is_valid_value,
 )
@@ -86,6 +88,25 @@ def test_is_valid_value() -> None:
     assert not is_valid_value("CRC32", "AAAAAAAAAAA=")  # 8 bytes
     assert not is_valid_value("CRC32", "not base64!")
     assert is_valid_value("SHA256", b64(bytes(32)))
+
+
+@given(algorithm=st.sampled_from(["CRC32", "CRC32C", "CRC64NVME"]),
+       parts=st.lists(st.binary(max_size=200), min_size=1, max_size=6))
+def test_combine_full_object(algorithm: str, parts: list[bytes]) -> None:
+    values = [(oracle(algorithm, part), len(part)) for part in parts]
+    assert combine_full_object(algorithm, values) == oracle(algorithm, b"".join(parts))
+
+
+def test_combine_full_object_rejects_sha() -> None:
+    with pytest.raises(errors.InvalidRequest):
+        combine_full_object("SHA256", [])
+
+
+def test_composite() -> None:
+    parts = [b"part one", b"part two"]
+    values = [oracle("SHA1", part) for part in parts]
+    raw = b"".join(hashlib.sha1(part).digest() for part in parts)
+    assert composite("SHA1", values) == b64(hashlib.sha1(raw).digest()) + "-2"
 
 
 # -- checksum_request --------------------------------------------------------------------

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 from urllib.parse import quote, urlsplit
 
+import boto3
 import pytest
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth, SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -18,7 +19,9 @@ from hypothesis import strategies as st
 
 from gateway import errors
 from gateway.auth import sigv4
+from gateway.auth.chunked import decode_aws_chunked
 from gateway.auth.sigv4 import AuthContext, PayloadMode, RequestView, authenticate
+from gateway.checksums import DigestingStream, checksum_request
 
 AK, SECRET = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 HOST = "127.0.0.1:8080"
@@ -451,3 +454,90 @@ def test_canonical_uri(raw: str, canonical: str) -> None:
 ])
 def test_canonical_query(raw: str, canonical: str) -> None:
     assert sigv4.canonical_query(raw) == canonical
+
+
+# -- real boto3 clients (requests captured before they are sent) --------------------------
+class _Captured(Exception):
+    def __init__(self, request: AWSRequest) -> None:
+        super().__init__("captured")
+        self.request = request
+
+
+def _capture(request: AWSRequest, **_: object) -> None:
+    raise _Captured(request)
+
+
+def _client(scheme: str) -> object:
+    client = boto3.client("s3", endpoint_url=f"{scheme}://{HOST}", region_name="us-east-1",
+                          aws_access_key_id=AK, aws_secret_access_key=SECRET)
+    client.meta.events.register("before-send.s3", _capture)
+    return client
+
+
+_CLIENTS: dict[str, object] = {}
+
+
+def captured(scheme: str, operation: str, **kwargs: object) -> tuple[RequestView, object]:
+    client = _CLIENTS.setdefault(scheme, _client(scheme))
+    with pytest.raises(_Captured) as info:
+        getattr(client, operation)(**kwargs)
+    request = info.value.request
+    parts = urlsplit(request.url)
+    headers = [(name, value.decode("latin-1") if isinstance(value, bytes) else value)
+               for name, value in request.headers.items()]
+    return RequestView(request.method, parts.path, parts.query, headers), request.body
+
+
+def _signed_now(view: RequestView) -> datetime:
+    return datetime.strptime(header(view, "X-Amz-Date"), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=key_text, prefix=key_text, scheme=st.sampled_from(["http", "https"]),
+       body=st.binary(max_size=100),
+       metadata=st.dictionaries(header_name, header_value.map(str.strip), max_size=2))
+async def test_boto3_requests_verify(key: str, prefix: str, scheme: str, body: bytes,
+                                     metadata: dict[str, str]) -> None:
+    view, _ = captured(scheme, "list_objects_v2", Bucket="bucket", Prefix=prefix,
+                       Delimiter="/", StartAfter=key)
+    assert (await check(view, now=_signed_now(view))).payload_mode is PayloadMode.SIGNED
+    view, _ = captured(scheme, "get_object", Bucket="bucket", Key=key, Range="bytes=0-9")
+    await check(view, now=_signed_now(view))
+
+    view, raw_body = captured(scheme, "put_object", Bucket="bucket", Key=key, Body=body,
+                              Metadata=metadata)
+    ctx = await check(view, now=_signed_now(view))
+    wire = raw_body if isinstance(raw_body, bytes) else raw_body.read()  # type: ignore[attr-defined]
+    lower = {name.lower(): value for name, value in view.headers}
+    algorithm, expected, trailer = checksum_request(lower)
+    trailers: dict[str, str] = {}
+
+    async def source() -> AsyncIterator[bytes]:
+        yield wire
+
+    stream: AsyncIterator[bytes] = source()
+    if ctx.payload_mode.is_aws_chunked:
+        stream = decode_aws_chunked(stream, chunk_signer=ctx.chunk_signer, trailers=trailers)
+    digesting = DigestingStream(
+        stream, expected_size=int(lower.get("x-amz-decoded-content-length", len(body))),
+        content_sha256=ctx.content_sha256, checksum_algorithm=algorithm,
+        expected_checksum=expected, trailers=trailers if trailer else None)
+    assert b"".join([chunk async for chunk in digesting]) == body
+    assert digesting.checksum_algorithm == "CRC32"
+
+
+async def test_boto3_presigned_urls_verify() -> None:
+    client = boto3.client("s3", endpoint_url=f"http://{HOST}", region_name="eu-west-3",
+                          aws_access_key_id=AK, aws_secret_access_key=SECRET)
+    for method, params in (("get_object", {"ResponseContentDisposition": "attachment; x=\"y z\""}),
+                           ("put_object", {"ContentType": "text/plain"})):
+        url = client.generate_presigned_url(method, Params={"Bucket": "b", "Key": "k é+~ x",
+                                                             **params}, ExpiresIn=300)
+        parts = urlsplit(url)
+        headers = [("Host", HOST)]
+        if method == "put_object":
+            headers.append(("Content-Type", "text/plain"))
+        view = RequestView("GET" if method == "get_object" else "PUT", parts.path, parts.query,
+                           headers)
+        ctx = await authenticate(view, lookup)
+        assert ctx is not None and ctx.presigned

@@ -1,4 +1,7 @@
-"""Every SQL statement the service runs, in portable SQLAlchemy Core."""
+"""Every SQL statement the service runs, in portable SQLAlchemy Core.
+
+Synchronous functions over a Connection, composed into units of work that
+``Database.read`` / ``Database.write`` run (see ``db``)."""
 
 from __future__ import annotations
 
@@ -6,9 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, select, update
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
 
 from gateway.metadata.models import NULL_VERSION, access_keys, buckets, objects, users
 from gateway.types import BucketRecord, ObjectRecord, Principal
@@ -16,53 +18,59 @@ from gateway.types import BucketRecord, ObjectRecord, Principal
 # -- identities ----------------------------------------------------------------------------
 
 
-async def principal_for_access_key(
-    conn: AsyncConnection, access_key: str
+# Hot statements are built once, with bind parameters: building a statement costs more
+# than running it on SQLite.
+_PRINCIPAL_FOR_KEY = (
+    select(users.c.id, users.c.name, users.c.role, access_keys.c.secret)
+    .select_from(access_keys.join(users, users.c.id == access_keys.c.user_id))
+    .where(access_keys.c.access_key == bindparam("access_key"),
+           access_keys.c.enabled.is_(True))
+)
+
+
+def principal_for_access_key(
+    conn: Connection, access_key: str
 ) -> tuple[Principal, str] | None:
     """The user behind an enabled access key, and the key's secret."""
-    row = (await conn.execute(
-        select(users.c.id, users.c.name, users.c.role, access_keys.c.secret)
-        .select_from(access_keys.join(users, users.c.id == access_keys.c.user_id))
-        .where(access_keys.c.access_key == access_key, access_keys.c.enabled.is_(True))
-    )).first()
+    row = conn.execute(_PRINCIPAL_FOR_KEY, {"access_key": access_key}).first()
     if row is None:
         return None
     return Principal(row.id, row.name, row.role, access_key), row.secret
 
 
-async def user_by_name(conn: AsyncConnection, name: str) -> Row[Any] | None:
-    return (await conn.execute(select(users).where(users.c.name == name))).first()
+def user_by_name(conn: Connection, name: str) -> Row[Any] | None:
+    return (conn.execute(select(users).where(users.c.name == name))).first()
 
 
-async def user_name(conn: AsyncConnection, user_id: int) -> str | None:
-    row = (await conn.execute(select(users.c.name).where(users.c.id == user_id))).first()
+def user_name(conn: Connection, user_id: int) -> str | None:
+    row = (conn.execute(select(users.c.name).where(users.c.id == user_id))).first()
     return row.name if row else None
 
 
-async def count_users(conn: AsyncConnection) -> int:
-    return int((await conn.execute(select(func.count()).select_from(users))).scalar_one())
+def count_users(conn: Connection) -> int:
+    return int((conn.execute(select(func.count()).select_from(users))).scalar_one())
 
 
-async def insert_user(conn: AsyncConnection, name: str, role: str, now: datetime) -> int:
-    result = await conn.execute(
+def insert_user(conn: Connection, name: str, role: str, now: datetime) -> int:
+    result = conn.execute(
         insert(users).values(name=name, role=role, created_at=now).returning(users.c.id))
     return int(result.scalar_one())
 
 
-async def access_key_row(conn: AsyncConnection, access_key: str) -> Row[Any] | None:
-    return (await conn.execute(
+def access_key_row(conn: Connection, access_key: str) -> Row[Any] | None:
+    return (conn.execute(
         select(access_keys).where(access_keys.c.access_key == access_key))).first()
 
 
-async def insert_access_key(conn: AsyncConnection, access_key: str, user_id: int,
+def insert_access_key(conn: Connection, access_key: str, user_id: int,
                             secret: str, now: datetime) -> None:
-    await conn.execute(insert(access_keys).values(
+    conn.execute(insert(access_keys).values(
         access_key=access_key, user_id=user_id, secret=secret, enabled=True, created_at=now))
 
 
-async def update_access_key(conn: AsyncConnection, access_key: str, *, secret: str,
+def update_access_key(conn: Connection, access_key: str, *, secret: str,
                             user_id: int) -> None:
-    await conn.execute(update(access_keys).where(access_keys.c.access_key == access_key)
+    conn.execute(update(access_keys).where(access_keys.c.access_key == access_key)
                        .values(secret=secret, user_id=user_id, enabled=True))
 
 
@@ -73,32 +81,35 @@ def _bucket(row: Row[Any]) -> BucketRecord:
     return BucketRecord(row.id, row.name, row.owner_id, row.region, row.created_at)
 
 
-async def bucket_by_name(conn: AsyncConnection, name: str) -> BucketRecord | None:
-    row = (await conn.execute(select(buckets).where(buckets.c.name == name))).first()
+_BUCKET_BY_NAME = select(buckets).where(buckets.c.name == bindparam("name"))
+
+
+def bucket_by_name(conn: Connection, name: str) -> BucketRecord | None:
+    row = conn.execute(_BUCKET_BY_NAME, {"name": name}).first()
     return _bucket(row) if row else None
 
 
-async def list_buckets(conn: AsyncConnection, owner_id: int | None) -> list[BucketRecord]:
+def list_buckets(conn: Connection, owner_id: int | None) -> list[BucketRecord]:
     stmt = select(buckets).order_by(buckets.c.name)
     if owner_id is not None:
         stmt = stmt.where(buckets.c.owner_id == owner_id)
-    return [_bucket(r) for r in (await conn.execute(stmt)).all()]
+    return [_bucket(r) for r in (conn.execute(stmt)).all()]
 
 
-async def insert_bucket(conn: AsyncConnection, name: str, owner_id: int, region: str,
+def insert_bucket(conn: Connection, name: str, owner_id: int, region: str,
                         now: datetime) -> BucketRecord:
-    result = await conn.execute(insert(buckets).values(
+    result = conn.execute(insert(buckets).values(
         name=name, owner_id=owner_id, region=region, created_at=now).returning(buckets.c.id))
     return BucketRecord(int(result.scalar_one()), name, owner_id, region, now)
 
 
-async def bucket_has_objects(conn: AsyncConnection, bucket_id: int) -> bool:
+def bucket_has_objects(conn: Connection, bucket_id: int) -> bool:
     stmt = select(exists().where(objects.c.bucket_id == bucket_id))
-    return bool((await conn.execute(stmt)).scalar())
+    return bool((conn.execute(stmt)).scalar())
 
 
-async def delete_bucket(conn: AsyncConnection, bucket_id: int) -> None:
-    await conn.execute(delete(buckets).where(buckets.c.id == bucket_id))
+def delete_bucket(conn: Connection, bucket_id: int) -> None:
+    conn.execute(delete(buckets).where(buckets.c.id == bucket_id))
 
 
 # -- objects -------------------------------------------------------------------------------
@@ -122,61 +133,63 @@ def _object(row: Any) -> ObjectRecord:
     )
 
 
-async def latest_object(conn: AsyncConnection, bucket_id: int, key: str) -> ObjectRecord | None:
-    row = (await conn.execute(
-        select(*_OBJECT_COLUMNS).where(
-            objects.c.bucket_id == bucket_id, objects.c.key == key,
-            objects.c.is_latest.is_(True))
-    )).first()
+_LATEST_OBJECT = select(*_OBJECT_COLUMNS).where(
+    objects.c.bucket_id == bindparam("bucket_id"), objects.c.key == bindparam("key"),
+    objects.c.is_latest.is_(True))
+
+_BUCKET_AND_LATEST = (
+    select(buckets.c.id.label("b_id"), buckets.c.name.label("b_name"),
+           buckets.c.owner_id.label("b_owner"), buckets.c.region.label("b_region"),
+           buckets.c.created_at.label("b_created"), *_OBJECT_COLUMNS)
+    .select_from(buckets.outerjoin(objects, and_(
+        objects.c.bucket_id == buckets.c.id, objects.c.key == bindparam("key"),
+        objects.c.is_latest.is_(True))))
+    .where(buckets.c.name == bindparam("bucket"))
+)
+
+
+def latest_object(conn: Connection, bucket_id: int, key: str) -> ObjectRecord | None:
+    row = conn.execute(_LATEST_OBJECT, {"bucket_id": bucket_id, "key": key}).first()
     return _object(row) if row else None
 
 
-async def bucket_and_latest_object(
-    conn: AsyncConnection, bucket_name: str, key: str
+def bucket_and_latest_object(
+    conn: Connection, bucket_name: str, key: str
 ) -> tuple[BucketRecord | None, ObjectRecord | None]:
     """One round trip for the hot read path: the bucket and its latest object row."""
-    stmt = (
-        select(buckets.c.id.label("b_id"), buckets.c.name.label("b_name"),
-               buckets.c.owner_id.label("b_owner"), buckets.c.region.label("b_region"),
-               buckets.c.created_at.label("b_created"), *_OBJECT_COLUMNS)
-        .select_from(buckets.outerjoin(objects, and_(
-            objects.c.bucket_id == buckets.c.id, objects.c.key == key,
-            objects.c.is_latest.is_(True))))
-        .where(buckets.c.name == bucket_name)
-    )
-    row = (await conn.execute(stmt)).first()
+    row = conn.execute(_BUCKET_AND_LATEST, {"bucket": bucket_name, "key": key}).first()
     if row is None:
         return None, None
     bucket = BucketRecord(row.b_id, row.b_name, row.b_owner, row.b_region, row.b_created)
     return bucket, (_object(row) if row.id is not None else None)
 
 
-async def insert_object(conn: AsyncConnection, values: dict[str, Any]) -> int:
-    result = await conn.execute(insert(objects).values(**values).returning(objects.c.id))
+def insert_object(conn: Connection, values: dict[str, Any]) -> int:
+    result = conn.execute(insert(objects).values(**values).returning(objects.c.id))
     return int(result.scalar_one())
 
 
-async def replace_object(conn: AsyncConnection, object_id: int, expected_blob_key: str | None,
+def replace_object(conn: Connection, object_id: int, expected_blob_key: str | None,
                          values: dict[str, Any]) -> bool:
     """Compare-and-swap on the blob key: False if another writer got there first."""
     cond = [objects.c.id == object_id]
     cond.append(objects.c.blob_key.is_(None) if expected_blob_key is None
                 else objects.c.blob_key == expected_blob_key)
-    result = await conn.execute(update(objects).where(*cond).values(**values))
+    result = conn.execute(update(objects).where(*cond).values(**values))
     return result.rowcount == 1
 
 
-async def delete_object_row(conn: AsyncConnection, object_id: int,
+def delete_object_row(conn: Connection, object_id: int,
                             expected_blob_key: str | None) -> bool:
     cond = [objects.c.id == object_id]
     cond.append(objects.c.blob_key.is_(None) if expected_blob_key is None
                 else objects.c.blob_key == expected_blob_key)
-    result = await conn.execute(delete(objects).where(*cond))
+    result = conn.execute(delete(objects).where(*cond))
     return result.rowcount == 1
 
 
-async def list_latest(
-    conn: AsyncConnection, bucket_id: int, *, after: str | None, after_inclusive: bool,
+def list_latest(
+    conn: Connection, bucket_id: int, *, after: str | None, after_inclusive: bool,
     prefix: str, upper: str | None, limit: int,
 ) -> Sequence[ObjectRecord]:
     """Latest, non-deleted object rows in key (byte) order, bounded below and above."""
@@ -189,12 +202,12 @@ async def list_latest(
     if upper is not None:
         cond.append(objects.c.key < upper)
     stmt = select(*_OBJECT_COLUMNS).where(*cond).order_by(objects.c.key).limit(limit)
-    return [_object(r) for r in (await conn.execute(stmt)).all()]
+    return [_object(r) for r in (conn.execute(stmt)).all()]
 
 
-async def blob_is_referenced(conn: AsyncConnection, blob_key: str) -> bool:
+def blob_is_referenced(conn: Connection, *, blob_key: str) -> bool:
     stmt = select(exists().where(objects.c.blob_key == blob_key))
-    return bool((await conn.execute(stmt)).scalar())
+    return bool((conn.execute(stmt)).scalar())
 
 
 NULL = NULL_VERSION

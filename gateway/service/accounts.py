@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
 from gateway.metadata import repo
 from gateway.service.context import Context
 from gateway.types import Principal
@@ -45,27 +48,32 @@ class AccountService:
         access = self.ctx.settings.root_access_key
         secret = self.ctx.settings.root_secret_key
         now = datetime.now(UTC)
-        async with self.ctx.db.write() as conn:
-            user = await repo.user_by_name(conn, ROOT_USER)
-            if user is None:
-                user_id = await repo.insert_user(conn, ROOT_USER, "admin", now)
-            else:
-                user_id = int(user.id)
+
+        def unit(conn: Connection) -> RootCredentials | None:
+            user = repo.user_by_name(conn, ROOT_USER)
+            user_id = repo.insert_user(conn, ROOT_USER, "admin", now) if user is None \
+                else int(user.id)
             if access and secret:
-                if await repo.access_key_row(conn, access) is None:
-                    await repo.insert_access_key(conn, access, user_id, secret, now)
+                if repo.access_key_row(conn, access) is None:
+                    repo.insert_access_key(conn, access, user_id, secret, now)
                 else:
-                    await repo.update_access_key(conn, access, secret=secret, user_id=user_id)
+                    repo.update_access_key(conn, access, secret=secret, user_id=user_id)
                 return RootCredentials(access, secret, generated=False)
             if user is not None:
                 return None  # first start is long past; its key was shown then
-            access, secret = generate_access_key(), generate_secret_key()
-            await repo.insert_access_key(conn, access, user_id, secret, now)
-            return RootCredentials(access, secret, generated=True)
+            new_access, new_secret = generate_access_key(), generate_secret_key()
+            repo.insert_access_key(conn, new_access, user_id, new_secret, now)
+            return RootCredentials(new_access, new_secret, generated=True)
+
+        try:
+            return await self.ctx.db.write(unit)
+        except IntegrityError:
+            # Another worker process created the root user at the same moment.
+            return await self.ctx.db.write(unit)
 
     async def user_name(self, user_id: int) -> str:
-        async with self.ctx.db.read() as conn:
-            return await repo.user_name(conn, user_id) or str(user_id)
+        name = await self.ctx.db.read(lambda conn: repo.user_name(conn, user_id))
+        return name or str(user_id)
 
     async def lookup(self, access_key: str) -> tuple[Principal | None, str | None]:
         """The principal and secret for an access key, cached briefly (hot path)."""
@@ -73,8 +81,8 @@ class AccountService:
         clock = time.monotonic()
         if hit is not None and hit[0] > clock:
             return hit[1], hit[2]
-        async with self.ctx.db.read() as conn:
-            found = await repo.principal_for_access_key(conn, access_key)
+        found = await self.ctx.db.read(
+            lambda conn: repo.principal_for_access_key(conn, access_key))
         principal, secret = found if found else (None, None)
         if len(self._cache) > 10_000:
             self._cache.clear()

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from datetime import UTC, datetime
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
@@ -47,8 +48,8 @@ class BucketService:
         region = location or self.ctx.settings.region
         now = datetime.now(UTC)
         try:
-            async with self.ctx.db.write() as conn:
-                return await repo.insert_bucket(conn, name, principal.user_id, region, now)
+            return await self.ctx.db.write(
+                lambda conn: repo.insert_bucket(conn, name, principal.user_id, region, now))
         except IntegrityError:
             existing = await self.find(name)
             if existing is not None and existing.owner_id == principal.user_id:
@@ -56,8 +57,7 @@ class BucketService:
             raise errors.BucketAlreadyExists(fields={"BucketName": name}) from None
 
     async def find(self, name: str) -> BucketRecord | None:
-        async with self.ctx.db.read() as conn:
-            return await repo.bucket_by_name(conn, name)
+        return await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, name))
 
     async def get(self, principal: Principal, name: str, *, write: bool = False) -> BucketRecord:
         bucket = await self.find(name)
@@ -68,16 +68,18 @@ class BucketService:
 
     async def delete(self, principal: Principal, name: str) -> None:
         bucket = await self.get(principal, name, write=True)
+
+        def unit(conn: Connection) -> None:
+            if repo.bucket_has_objects(conn, bucket.id):
+                raise errors.BucketNotEmpty(fields={"BucketName": name})
+            repo.delete_bucket(conn, bucket.id)
+
         try:
-            async with self.ctx.db.write() as conn:
-                if await repo.bucket_has_objects(conn, bucket.id):
-                    raise errors.BucketNotEmpty(fields={"BucketName": name})
-                await repo.delete_bucket(conn, bucket.id)
+            await self.ctx.db.write(unit)
         except IntegrityError:
             # An object committed concurrently: the foreign key refuses the delete.
             raise errors.BucketNotEmpty(fields={"BucketName": name}) from None
 
     async def list(self, principal: Principal) -> list[BucketRecord]:
-        async with self.ctx.db.read() as conn:
-            return await repo.list_buckets(conn, None if principal.is_admin
-                                           else principal.user_id)
+        owner = None if principal.is_admin else principal.user_id
+        return await self.ctx.db.read(lambda conn: repo.list_buckets(conn, owner))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from gateway.metadata import repo
 from gateway.service.context import Context
@@ -24,9 +25,8 @@ async def collect_garbage(ctx: Context, *, grace_seconds: int | None = None) -> 
     async for blob in ctx.backend.list("b/"):
         if blob.last_modified is not None and blob.last_modified > cutoff:
             continue
-        async with ctx.db.read() as conn:
-            if await repo.blob_is_referenced(conn, blob.key):
-                continue
+        if await ctx.db.read(partial(repo.blob_is_referenced, blob_key=blob.key)):
+            continue
         await ctx.discard_blob(blob.key)
         removed += 1
     if removed:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import Connection
+
 from gateway.metadata import repo
 from gateway.service.context import Context
 from gateway.types import BucketRecord, ObjectRecord
@@ -49,6 +51,12 @@ async def list_keys(
     after: str | None = None,
     max_keys: int = MAX_KEYS,
 ) -> Listing:
+    return await ctx.db.scan(
+        lambda conn: _list(conn, bucket.id, prefix, delimiter, after, max_keys))
+
+
+def _list(conn: Connection, bucket_id: int, prefix: str, delimiter: str, after: str | None,
+          max_keys: int) -> Listing:
     result = Listing()
     if max_keys <= 0:
         return result
@@ -64,43 +72,38 @@ async def list_keys(
             cursor, inclusive = nxt, True
     if cursor is not None and prefix and cursor < prefix:
         cursor, inclusive = None, False
+    # Without a delimiter every row is an entry: one extra row tells whether more exist.
+    batch = _BATCH if delimiter else max_keys + 1
     count = 0
-    async with ctx.db.read() as conn:
-        while True:
-            rows = await repo.list_latest(conn, bucket.id, after=cursor,
-                                          after_inclusive=inclusive, prefix=prefix,
-                                          upper=upper, limit=_BATCH)
-            if not rows:
+    while True:
+        rows = repo.list_latest(conn, bucket_id, after=cursor, after_inclusive=inclusive,
+                                prefix=prefix, upper=upper, limit=batch)
+        last_cp: str | None = None
+        for row in rows:
+            if last_cp is not None and row.key.startswith(last_cp):
+                continue  # rolled up into the common prefix just returned
+            if count >= max_keys:
+                result.is_truncated = True
                 return result
-            skipped_to: str | None = None
-            for row in rows:
-                if count >= max_keys:
-                    result.is_truncated = True
-                    return result
-                cp = _common_prefix(row.key, prefix, delimiter) if delimiter else None
-                if cp is not None:
-                    result.common_prefixes.append(cp)
-                    result.last = cp
-                    count += 1
-                    skipped_to = successor(cp)
-                    break
+            cp = _common_prefix(row.key, prefix, delimiter) if delimiter else None
+            if cp is not None:
+                result.common_prefixes.append(cp)
+                result.last = last_cp = cp
+            else:
                 result.objects.append(row)
                 result.last = row.key
-                count += 1
-            if skipped_to is not None:
-                cursor, inclusive = skipped_to, True
-                if upper is not None and skipped_to >= upper:
-                    return result
-            elif len(rows) < _BATCH:
-                return result  # the index had no more rows than these
-            else:
-                cursor, inclusive = rows[-1].key, False
-            if count >= max_keys:
-                more = await repo.list_latest(conn, bucket.id, after=cursor,
-                                              after_inclusive=inclusive, prefix=prefix,
-                                              upper=upper, limit=1)
-                result.is_truncated = bool(more)
+                last_cp = None
+            count += 1
+        if len(rows) < batch:
+            return result  # the index holds nothing beyond these rows
+        if last_cp is not None:
+            # The batch ended inside a common prefix: jump past all of its keys.
+            nxt = successor(last_cp)
+            if nxt is None or (upper is not None and nxt >= upper):
                 return result
+            cursor, inclusive = nxt, True
+        else:
+            cursor, inclusive = rows[-1].key, False
 
 
 def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:

@@ -8,11 +8,12 @@ object or the new one; the blobs nobody points to are collected later (``service
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
@@ -85,8 +86,7 @@ class ObjectService:
         self.ctx = ctx
 
     async def _bucket(self, principal: Principal, name: str, *, write: bool) -> BucketRecord:
-        async with self.ctx.db.read() as conn:
-            bucket = await repo.bucket_by_name(conn, name)
+        bucket = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, name))
         if bucket is None:
             raise errors.NoSuchBucket(fields={"BucketName": name})
         require_bucket_access(principal, bucket, write=write)
@@ -111,8 +111,9 @@ class ObjectService:
         bucket = await self._bucket(principal, bucket_name, write=True)
         if not conditions.empty:
             # Fail fast before taking the body; the commit checks again, atomically.
-            async with self.ctx.db.read() as conn:
-                check_write(conditions, await repo.latest_object(conn, bucket.id, key))
+            current = await self.ctx.db.read(
+                lambda conn: repo.latest_object(conn, bucket.id, key))
+            check_write(conditions, current)
         blob_key = self.ctx.new_blob_key(bucket.id)
         with backend_errors():
             await self.ctx.backend.put(blob_key, body, size=size_hint)
@@ -143,30 +144,27 @@ class ObjectService:
             "checksum_value": checksum[1], "storage_class": attrs.storage_class,
             "owner_id": owner_id, "is_delete_marker": False, "is_latest": True,
         }
-        old_blob: str | None = None
-        object_id = 0
+
+        def unit(conn: Connection) -> tuple[int, str | None]:
+            current = repo.latest_object(conn, bucket.id, key)
+            check_write(conditions, current)
+            if current is None:
+                return repo.insert_object(conn, {**values, "bucket_id": bucket.id, "key": key,
+                                                 "version_id": NULL_VERSION}), None
+            if not repo.replace_object(conn, current.id, current.blob_key, values):
+                raise _Retry  # another writer swapped the row first (PostgreSQL)
+            return current.id, current.blob_key
+
         try:
             async with shielded():
                 for _attempt in range(_COMMIT_ATTEMPTS):
                     try:
-                        async with self.ctx.db.write() as conn:
-                            current = await repo.latest_object(conn, bucket.id, key)
-                            check_write(conditions, current)
-                            if current is None:
-                                object_id = await repo.insert_object(conn, {
-                                    **values, "bucket_id": bucket.id, "key": key,
-                                    "version_id": NULL_VERSION})
-                            else:
-                                if not await repo.replace_object(conn, current.id,
-                                                                 current.blob_key, values):
-                                    raise _Retry
-                                object_id, old_blob = current.id, current.blob_key
+                        object_id, old_blob = await self.ctx.db.write(unit)
                         break
                     except (_Retry, IntegrityError):
                         if await self._bucket_gone(bucket):
                             raise errors.NoSuchBucket(
                                 fields={"BucketName": bucket.name}) from None
-                        continue
                 else:
                     raise errors.ConditionalRequestConflict()
         except BaseException:
@@ -181,8 +179,8 @@ class ObjectService:
             storage_class=attrs.storage_class)
 
     async def _bucket_gone(self, bucket: BucketRecord) -> bool:
-        async with self.ctx.db.read() as conn:
-            return await repo.bucket_by_name(conn, bucket.name) is None
+        found = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, bucket.name))
+        return found is None
 
     async def copy(
         self,
@@ -208,8 +206,7 @@ class ObjectService:
                 "itself without changing the object's metadata, storage class, website "
                 "redirect location or encryption attributes.")
         for _attempt in range(3):
-            async with self.ctx.db.read() as conn:
-                src = await repo.latest_object(conn, src_b.id, src_key)
+            src = await self.ctx.db.read(lambda conn: repo.latest_object(conn, src_b.id, src_key))
             if src is None or src.is_delete_marker or src.blob_key is None:
                 raise errors.NoSuchKey(fields={"Key": src_key})
             check_copy_source(source_conditions, src.etag, src.last_modified)
@@ -250,28 +247,30 @@ class ObjectService:
     async def _delete_batch(self, bucket: BucketRecord,
                             items: Sequence[tuple[str, str | None]]) -> list[DeleteOutcome]:
         """Deletes rows in one transaction, then their blobs. Missing keys are not errors."""
-        outcomes: list[DeleteOutcome] = []
-        blobs: list[str] = []
+
+        def unit(conn: Connection) -> tuple[list[DeleteOutcome], list[str]]:
+            outcomes: list[DeleteOutcome] = []
+            blobs: list[str] = []
+            for key, version_id in items:
+                try:
+                    validate_key(key)
+                    _check_version(version_id)
+                except errors.GatewayError as exc:
+                    outcomes.append(DeleteOutcome(key, version_id, exc))
+                    continue
+                current = repo.latest_object(conn, bucket.id, key)
+                if current is not None:
+                    if not repo.delete_object_row(conn, current.id, current.blob_key):
+                        raise _Retry
+                    if current.blob_key:
+                        blobs.append(current.blob_key)
+                outcomes.append(DeleteOutcome(key, version_id))
+            return outcomes, blobs
+
         async with shielded():
             for _attempt in range(_COMMIT_ATTEMPTS):
-                outcomes, blobs = [], []
                 try:
-                    async with self.ctx.db.write() as conn:
-                        for key, version_id in items:
-                            try:
-                                validate_key(key)
-                                _check_version(version_id)
-                            except errors.GatewayError as exc:
-                                outcomes.append(DeleteOutcome(key, version_id, exc))
-                                continue
-                            current = await repo.latest_object(conn, bucket.id, key)
-                            if current is not None:
-                                if not await repo.delete_object_row(conn, current.id,
-                                                                    current.blob_key):
-                                    raise _Retry
-                                if current.blob_key:
-                                    blobs.append(current.blob_key)
-                            outcomes.append(DeleteOutcome(key, version_id))
+                    outcomes, blobs = await self.ctx.db.write(unit)
                     break
                 except _Retry:
                     continue
@@ -298,8 +297,8 @@ class ObjectService:
         validate_key(key)
         _check_version(version_id)
         for _attempt in range(5):
-            async with self.ctx.db.read() as conn:
-                bucket, obj = await repo.bucket_and_latest_object(conn, bucket_name, key)
+            bucket, obj = await self.ctx.db.read(
+                lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key))
             if bucket is None:
                 raise errors.NoSuchBucket(fields={"BucketName": bucket_name})
             require_bucket_access(principal, bucket, write=False)
@@ -317,7 +316,3 @@ class ObjectService:
             return ObjectRead(obj, byte_range, reader)
         raise errors.ServiceUnavailable("The object changed too often while being read.")
 
-
-async def drain(body: AsyncIterable[bytes]) -> None:
-    async for _ in body:
-        pass

@@ -1,12 +1,12 @@
-"""Alembic environment: runs migrations over the gateway's async engine."""
+"""Alembic environment: sync drivers directly, async drivers (asyncpg) through run_sync."""
 
 from __future__ import annotations
 
 import asyncio
 
 from alembic import context
-from sqlalchemy import pool
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, pool
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.metadata.models import metadata
@@ -25,13 +25,23 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_async() -> None:
-    url = config.get_main_option("sqlalchemy.url")
-    assert url
+async def _run_async(url: str) -> None:
     engine = create_async_engine(url, poolclass=pool.NullPool)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()
+
+
+def _run_online() -> None:
+    url = config.get_main_option("sqlalchemy.url")
+    assert url
+    if make_url(url).get_dialect().is_async:
+        asyncio.run(_run_async(url))
+        return
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        _run(connection)
+    engine.dispose()
 
 
 if context.is_offline_mode():
@@ -40,4 +50,4 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    asyncio.run(_run_async())
+    _run_online()

@@ -1,0 +1,475 @@
+"""The contract every backend keeps; each test runs once per backend in ``conftest.FACTORIES``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, timedelta
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from storage_backends import (
+    Backend,
+    BlobInfo,
+    BlobNotFound,
+    ByteRange,
+    InvalidBlobKey,
+    InvalidPart,
+    PartRef,
+    UploadNotFound,
+)
+
+from . import Boom, MiB, body, failing_body, fetch, multipart, pattern, read, split
+from .conftest import Harness
+
+KEY = "b/12/4f/4f9c0e2a"
+
+
+# -- whole blobs ---------------------------------------------------------------------------
+
+
+async def test_put_get_head_delete(backend: Backend) -> None:
+    info = await backend.put(KEY, body(b"hello, ", b"world"), size=12)
+    assert (info.key, info.size) == (KEY, 12)
+    assert info.last_modified is not None and info.last_modified.tzinfo is not None
+    assert abs(info.last_modified - info.last_modified.now(UTC)) < timedelta(minutes=1)
+
+    reader = await backend.get(KEY)
+    assert (reader.size, reader.range, reader.content_length) == (12, None, 12)
+    assert await read(reader) == b"hello, world"
+
+    head = await backend.head(KEY)
+    assert (head.key, head.size) == (KEY, 12)
+
+    await backend.delete(KEY)
+    with pytest.raises(BlobNotFound):
+        await backend.head(KEY)
+    with pytest.raises(BlobNotFound):
+        await backend.get(KEY)
+
+
+async def test_empty_body(backend: Backend) -> None:
+    assert (await backend.put(KEY, body())).size == 0
+    assert (await backend.put("b/12/empty-pieces", body(b"", b""))).size == 0
+    reader = await backend.get(KEY)
+    assert (reader.size, reader.content_length) == (0, 0)
+    assert await read(reader) == b""
+    assert (await backend.head("b/12/empty-pieces")).size == 0
+
+
+async def test_large_body_in_odd_pieces(backend: Backend) -> None:
+    data = pattern(5 * MiB + 12_345)
+    pieces = split(data, [1, 7919, 65_537, 3, 2 * MiB + 1, 0, 104_729])
+    assert (await backend.put(KEY, body(*pieces))).size == len(data)
+    reader = await backend.get(KEY)
+    chunks = [chunk async for chunk in reader]
+    await reader.aclose()
+    assert b"".join(chunks) == data
+    assert all(chunk for chunk in chunks)
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(0, 1), (0, 100), (1000, 2 * MiB + 17), (3 * MiB - 1, 3 * MiB), (12, 3 * MiB),
+     (0, 3 * MiB), (MiB, MiB + 1)],
+    ids=["first-byte", "start", "middle", "last-byte", "to-end", "all", "chunk-boundary"],
+)
+async def test_ranges(backend: Backend, start: int, end: int) -> None:
+    data = pattern(3 * MiB)
+    await backend.put(KEY, body(*split(data, [MiB // 3])))
+    reader = await backend.get(KEY, byte_range=ByteRange(start, end))
+    assert reader.size == len(data)
+    assert reader.range == ByteRange(start, end)
+    assert reader.content_length == end - start
+    assert await read(reader) == data[start:end]
+
+
+async def test_range_beyond_the_blob_is_a_bug(backend: Backend) -> None:
+    await backend.put(KEY, body(b"0123456789"))
+    with pytest.raises(ValueError):
+        await backend.get(KEY, byte_range=ByteRange(5, 11))
+
+
+async def test_get_missing_raises_before_iteration(backend: Backend) -> None:
+    with pytest.raises(BlobNotFound) as info:
+        await backend.get(KEY)
+    assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(BlobNotFound):
+        await backend.get(KEY, byte_range=ByteRange(0, 1))
+    with pytest.raises(BlobNotFound):
+        await backend.head(KEY)
+
+
+async def test_delete_is_idempotent(backend: Backend) -> None:
+    await backend.delete(KEY)
+    await backend.put(KEY, body(b"x"))
+    await backend.delete(KEY)
+    await backend.delete(KEY)
+    with pytest.raises(BlobNotFound):
+        await backend.head(KEY)
+
+
+@pytest.mark.parametrize("size", [100, 3 * MiB], ids=["small", "large"])
+async def test_reader_opened_before_overwrite_and_delete_reads_old_bytes(
+    backend: Backend, size: int
+) -> None:
+    old, new = pattern(size, seed=1), pattern(size + 5, seed=2)
+    await backend.put(KEY, body(*split(old, [MiB])))
+    reader = await backend.get(KEY)
+    chunks = aiter(reader)
+    first = await anext(chunks)
+    await backend.put(KEY, body(*split(new, [MiB])))
+    assert await fetch(backend, KEY) == new
+    await backend.delete(KEY)
+    assert first + b"".join([chunk async for chunk in chunks]) == old
+    await reader.aclose()
+
+
+@pytest.mark.parametrize("sizes", [[10, 20], [MiB, MiB, MiB + 5]], ids=["small", "large"])
+async def test_failing_body_leaves_nothing(harness: Harness, sizes: list[int]) -> None:
+    backend = harness.backend
+    await backend.put(KEY, body(b"old bytes"))
+    pieces = [pattern(n, seed=n) for n in sizes]
+    error = Boom("client went away")
+    for key in (KEY, "b/12/new"):
+        with pytest.raises(Boom) as raised:
+            await backend.put(key, failing_body(*pieces, exc=error))
+        assert raised.value is error
+    assert await fetch(backend, KEY) == b"old bytes"
+    with pytest.raises(BlobNotFound):
+        await backend.head("b/12/new")
+    assert harness.leftovers() == []
+
+
+async def test_os_error_from_the_body_propagates_unchanged(harness: Harness) -> None:
+    error = ConnectionResetError("peer reset")
+    with pytest.raises(ConnectionResetError) as raised:
+        await harness.backend.put(KEY, failing_body(b"abc", exc=error))
+    assert raised.value is error
+    assert harness.leftovers() == []
+
+
+async def test_cancelled_put_leaves_nothing(harness: Harness) -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        yield pattern(2 * MiB)
+        yield pattern(2 * MiB)
+        await anyio.sleep_forever()
+        yield b""  # pragma: no cover
+
+    with anyio.move_on_after(0.2):
+        await harness.backend.put(KEY, endless())
+    with pytest.raises(BlobNotFound):
+        await harness.backend.head(KEY)
+    assert harness.leftovers() == []
+
+
+INVALID_KEYS = ["../x", "/abs", "a//b", "a/../b", "", "x" * 600, "a\\b", "a/.hidden", "a/",
+                "./a", "a/b/c/d/e/f/g/h/i", "a b", "a@b", "é", "a\nb", "-a", "a/" + "x" * 129]
+
+
+@pytest.mark.parametrize("key", INVALID_KEYS)
+async def test_invalid_blob_keys_are_refused(backend: Backend, key: str) -> None:
+    with pytest.raises(InvalidBlobKey):
+        await backend.put(key, body(b"x"))
+    with pytest.raises(InvalidBlobKey):
+        await backend.get(key)
+    with pytest.raises(InvalidBlobKey):
+        await backend.head(key)
+    with pytest.raises(InvalidBlobKey):
+        await backend.delete(key)
+    with pytest.raises(InvalidBlobKey):
+        await backend.create_multipart(key)
+    await backend.put(KEY, body(b"x"))
+    with pytest.raises(InvalidBlobKey):
+        await backend.copy(KEY, key)
+    with pytest.raises(InvalidBlobKey):
+        await backend.copy(key, KEY)
+
+
+@pytest.mark.parametrize(
+    "key", ["a", "b/12/4f9c", "A-b_c.d", "/".join("abcdefgh"), "x" * 128, "/".join(["y" * 63] * 8)]
+)
+async def test_valid_blob_keys(backend: Backend, key: str) -> None:
+    await backend.put(key, body(key.encode()))
+    assert await fetch(backend, key) == key.encode()
+
+
+async def test_copy(backend: Backend) -> None:
+    data = pattern(2 * MiB + 3)
+    await backend.put(KEY, body(data))
+    info = await backend.copy(KEY, "b/13/copy")
+    assert (info.key, info.size) == ("b/13/copy", len(data))
+    await backend.delete(KEY)
+    assert await fetch(backend, "b/13/copy") == data
+    await backend.put("b/13/other", body(b"other"))
+    await backend.copy("b/13/other", "b/13/copy")  # over an existing blob
+    assert await fetch(backend, "b/13/copy") == b"other"
+    with pytest.raises(BlobNotFound):
+        await backend.copy(KEY, "b/13/never")
+    with pytest.raises(BlobNotFound):
+        await backend.head("b/13/never")
+
+
+async def test_list_with_prefix(backend: Backend) -> None:
+    keys = ["b/1/aa/x1", "b/1/aa/x2", "b/1/ab/y", "b/10/aa/z", "b/2/aa/w", "c"]
+    for i, key in enumerate(keys):
+        await backend.put(key, body(b"." * i))
+    await multipart(backend, "b/1/ac/m", [b"12", b"345"])
+
+    async def listed(prefix: str) -> dict[str, int]:
+        infos: list[BlobInfo] = [info async for info in backend.list(prefix)]
+        assert all(i.last_modified is not None and i.last_modified.tzinfo for i in infos)
+        return {info.key: info.size for info in infos}
+
+    everything = await listed("")
+    assert everything == {**{key: i for i, key in enumerate(keys)}, "b/1/ac/m": 5}
+    assert set(await listed("b/1/")) == {"b/1/aa/x1", "b/1/aa/x2", "b/1/ab/y", "b/1/ac/m"}
+    assert set(await listed("b/1")) == set(everything) - {"c", "b/2/aa/w"}
+    assert set(await listed("b/1/aa/x")) == {"b/1/aa/x1", "b/1/aa/x2"}
+    assert set(await listed("b/1/aa/x1")) == {"b/1/aa/x1"}
+    assert await listed("nothing") == {}
+
+
+async def test_capabilities(backend: Backend) -> None:
+    assert isinstance(backend, Backend)
+    assert backend.capabilities.server_side_copy
+    assert backend.capabilities.native_multipart
+
+
+async def test_reader_closed_midway_and_twice(backend: Backend) -> None:
+    await backend.put(KEY, body(pattern(3 * MiB)))
+    await multipart(backend, "b/1/m", [pattern(MiB), pattern(MiB), pattern(MiB)])
+    for key in (KEY, "b/1/m"):
+        reader = await backend.get(key)
+        chunks = aiter(reader)
+        assert len(await anext(chunks)) > 0
+        await reader.aclose()  # abandoned midway
+        await reader.aclose()
+        with pytest.raises(RuntimeError):
+            await read(reader)
+
+
+async def test_concurrent_puts_of_one_key_leave_one_complete_version(backend: Backend) -> None:
+    versions = [pattern(size, seed=i) for i, size in enumerate([10, 2 * MiB + 1, 5000] * 4)]
+
+    async def put(data: bytes) -> None:
+        await backend.put(KEY, body(*split(data, [100_000])))
+
+    seen: list[bytes] = []
+
+    async def reader() -> None:
+        for _ in range(10):
+            with contextlib.suppress(BlobNotFound):
+                seen.append(await fetch(backend, KEY))
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        for data in versions:
+            tg.start_soon(put, data)
+        tg.start_soon(reader)
+    assert await fetch(backend, KEY) in versions
+    assert all(data in versions for data in seen)
+
+
+async def test_readers_never_miss_a_blob_switching_between_kinds(backend: Backend) -> None:
+    """Whole and multipart versions replace each other while readers keep reading."""
+    rounds = 16
+    versions = [f"whole {i}".encode() if i % 2 == 0 else f"seg {i}|".encode() * 3
+                for i in range(rounds)]
+    await backend.put(KEY, body(versions[0]))
+    writing = True
+
+    async def writer() -> None:
+        nonlocal writing
+        for data in versions[1:]:
+            if data.startswith(b"whole"):
+                await backend.put(KEY, body(data))
+            else:
+                await multipart(backend, KEY, [data[:5], data[5:]])
+        writing = False
+
+    async def reader() -> None:
+        while writing:
+            assert await fetch(backend, KEY) in versions
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        for _ in range(4):
+            tg.start_soon(reader)
+    assert await fetch(backend, KEY) == versions[-1]
+
+
+# -- multipart -----------------------------------------------------------------------------
+
+
+async def test_multipart_out_of_order_and_reuploaded_parts(harness: Harness) -> None:
+    backend = harness.backend
+    upload_id = await backend.create_multipart(KEY)
+    p1, p2, p3 = pattern(MiB + 7, seed=1), pattern(10, seed=2), pattern(2 * MiB, seed=3)
+    assert (await backend.put_part(KEY, upload_id, 3, body(p3))).size == len(p3)
+    await backend.put_part(KEY, upload_id, 1, body(b"wrong first part"))
+    info = await backend.put_part(KEY, upload_id, 2, body(*split(p2, [3])))
+    assert (info.part_number, info.size) == (2, 10)
+    await backend.put_part(KEY, upload_id, 1, body(*split(p1, [4096])))  # replaces
+    refs = [PartRef(1, len(p1)), PartRef(2, len(p2)), PartRef(3)]
+    done = await backend.complete_multipart(KEY, upload_id, refs)
+    assert (done.key, done.size) == (KEY, len(p1) + len(p2) + len(p3))
+    assert await fetch(backend, KEY) == p1 + p2 + p3
+    assert (await backend.head(KEY)).size == done.size
+    with pytest.raises(UploadNotFound):
+        await backend.put_part(KEY, upload_id, 4, body(b"late"))
+    assert harness.leftovers() == []
+
+
+async def test_multipart_complete_with_a_subset(backend: Backend) -> None:
+    upload_id = await backend.create_multipart(KEY)
+    for n in range(1, 6):
+        await backend.put_part(KEY, upload_id, n, body(f"<{n}>".encode()))
+    await backend.complete_multipart(KEY, upload_id, [PartRef(2), PartRef(3), PartRef(5)])
+    assert await fetch(backend, KEY) == b"<2><3><5>"
+
+
+async def test_multipart_ranges_across_part_boundaries(backend: Backend) -> None:
+    sizes = [5, MiB + 3, 1, 0, 7, 2 * MiB]
+    parts = [pattern(size, seed=i) for i, size in enumerate(sizes)]
+    data = await multipart(backend, KEY, parts)
+    boundaries = {0, len(data)}
+    offset = 0
+    for size in sizes:
+        offset += size
+        boundaries |= {offset - 1, offset, offset + 1}
+    points = sorted(p for p in boundaries if 0 <= p <= len(data))
+    for start in points:
+        for end in points:
+            if start < end and (end - start <= 20 or start in (0, 5) or end == len(data)):
+                got = await fetch(backend, KEY, ByteRange(start, end))
+                assert got == data[start:end], (start, end)
+    reader = await backend.get(KEY, byte_range=ByteRange(4, 6 + MiB))
+    assert (reader.size, reader.content_length) == (len(data), MiB + 2)
+    assert await read(reader) == data[4 : 6 + MiB]
+
+
+async def test_multipart_unknown_upload(backend: Backend) -> None:
+    await backend.put("b/1/src", body(b"source"))
+    for upload_id in ["0" * 32, "../../blobs", "", "not-hex"]:
+        with pytest.raises(UploadNotFound):
+            await backend.put_part(KEY, upload_id, 1, body(b"x"))
+        with pytest.raises(UploadNotFound):
+            await backend.copy_part(KEY, upload_id, 1, "b/1/src")
+        with pytest.raises(UploadNotFound):
+            await backend.complete_multipart(KEY, upload_id, [PartRef(1)])
+        await backend.abort_multipart(KEY, upload_id)
+    other = await backend.create_multipart("b/other")
+    with pytest.raises(UploadNotFound):  # an upload belongs to its key
+        await backend.put_part(KEY, other, 1, body(b"x"))
+    await backend.abort_multipart(KEY, other)  # not this key's: left alone
+    await backend.put_part("b/other", other, 1, body(b"x"))
+
+
+async def test_multipart_missing_or_mismatched_parts(backend: Backend) -> None:
+    upload_id = await backend.create_multipart(KEY)
+    await backend.put_part(KEY, upload_id, 1, body(b"one"))
+    await backend.put_part(KEY, upload_id, 2, body(b"two"))
+    for refs, bad in [
+        ([PartRef(1), PartRef(3)], 3),
+        ([PartRef(1, 3), PartRef(2, 4)], 2),
+        ([PartRef(1), PartRef(1)], 1),
+        ([PartRef(0)], 0),
+        ([PartRef(10_001)], 10_001),
+    ]:
+        with pytest.raises(InvalidPart) as raised:
+            await backend.complete_multipart(KEY, upload_id, refs)
+        assert raised.value.part_number == bad
+    with pytest.raises(InvalidPart):
+        await backend.complete_multipart(KEY, upload_id, [])
+    for number in (0, 10_001):
+        with pytest.raises(InvalidPart):
+            await backend.put_part(KEY, upload_id, number, body(b"x"))
+    with pytest.raises(BlobNotFound):
+        await backend.head(KEY)
+    # Nothing was consumed by the failures: the upload still completes.
+    await backend.complete_multipart(KEY, upload_id, [PartRef(1, 3), PartRef(2, 3)])
+    assert await fetch(backend, KEY) == b"onetwo"
+
+
+async def test_multipart_abort_is_idempotent(harness: Harness) -> None:
+    backend = harness.backend
+    upload_id = await backend.create_multipart(KEY)
+    await backend.put_part(KEY, upload_id, 1, body(b"x" * 100))
+    await backend.abort_multipart(KEY, upload_id)
+    await backend.abort_multipart(KEY, upload_id)
+    with pytest.raises(UploadNotFound):
+        await backend.put_part(KEY, upload_id, 2, body(b"y"))
+    with pytest.raises(UploadNotFound):
+        await backend.complete_multipart(KEY, upload_id, [PartRef(1)])
+    with pytest.raises(BlobNotFound):
+        await backend.head(KEY)
+    assert harness.leftovers() == []
+
+
+async def test_multipart_failing_part_body_keeps_the_previous_part(harness: Harness) -> None:
+    backend = harness.backend
+    upload_id = await backend.create_multipart(KEY)
+    await backend.put_part(KEY, upload_id, 1, body(b"good"))
+    with pytest.raises(Boom):
+        await backend.put_part(KEY, upload_id, 1, failing_body(pattern(2 * MiB), exc=Boom()))
+    await backend.complete_multipart(KEY, upload_id, [PartRef(1, 4)])
+    assert await fetch(backend, KEY) == b"good"
+    assert harness.leftovers() == []
+
+
+async def test_copy_part(backend: Backend) -> None:
+    src = pattern(3 * MiB + 11)
+    await backend.put("b/1/src", body(src))
+    await multipart(backend, "b/1/msrc", [b"abc", b"defg"])
+    upload_id = await backend.create_multipart(KEY)
+    info = await backend.copy_part(KEY, upload_id, 1, "b/1/src", ByteRange(MiB - 1, 2 * MiB + 1))
+    assert (info.part_number, info.size) == (1, MiB + 2)
+    assert (await backend.copy_part(KEY, upload_id, 2, "b/1/src")).size == len(src)
+    assert (await backend.copy_part(KEY, upload_id, 3, "b/1/msrc", ByteRange(2, 5))).size == 3
+    assert (await backend.copy_part(KEY, upload_id, 4, "b/1/msrc")).size == 7
+    with pytest.raises(BlobNotFound):
+        await backend.copy_part(KEY, upload_id, 5, "b/1/none")
+    await backend.delete("b/1/src")  # parts do not depend on their source afterwards
+    await backend.complete_multipart(KEY, upload_id, [PartRef(n) for n in (1, 2, 3, 4)])
+    expected = src[MiB - 1 : 2 * MiB + 1] + src + b"cde" + b"abcdefg"
+    assert await fetch(backend, KEY) == expected
+
+
+async def test_segmented_blobs_behave_like_whole_ones(backend: Backend) -> None:
+    data = await multipart(backend, KEY, [pattern(MiB + 1, seed=1), pattern(MiB, seed=2)])
+    copied = await backend.copy(KEY, "b/2/copy")
+    assert copied.size == len(data)
+    reader = await backend.get(KEY)
+    iterator = aiter(reader)
+    first = await anext(iterator)
+    await backend.delete(KEY)  # a read in progress is not torn
+    await backend.delete(KEY)
+    assert first + b"".join([chunk async for chunk in iterator]) == data
+    await reader.aclose()
+    with pytest.raises(BlobNotFound):
+        await backend.get(KEY)
+    assert await fetch(backend, "b/2/copy") == data
+    assert [i.key async for i in backend.list("b/2/")] == ["b/2/copy"]
+
+
+async def test_switching_between_whole_and_segmented_versions(backend: Backend) -> None:
+    await backend.put(KEY, body(b"whole 1"))
+    await multipart(backend, KEY, [b"segmented ", b"2"])
+    assert await fetch(backend, KEY) == b"segmented 2"
+    await multipart(backend, KEY, [b"segmented ", b"3", b"!"])
+    assert await fetch(backend, KEY) == b"segmented 3!"
+    reader = await backend.get(KEY)
+    await backend.put(KEY, body(b"whole 4"))
+    assert await read(reader) == b"segmented 3!"
+    assert await fetch(backend, KEY) == b"whole 4"
+    await backend.copy(KEY, "b/9/x")
+    await multipart(backend, "b/9/y", [b"y"])
+    await backend.copy("b/9/y", "b/9/x")
+    assert await fetch(backend, "b/9/x") == b"y"
+    await backend.copy(KEY, "b/9/x")
+    assert await fetch(backend, "b/9/x") == b"whole 4"
+    listed = {info.key: info.size async for info in backend.list("")}
+    assert listed == {KEY: 7, "b/9/x": 7, "b/9/y": 1}
