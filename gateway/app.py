@@ -25,9 +25,10 @@ from storage_backends.registry import open_backend
 
 log = logging.getLogger("gateway")
 
-#: Paths that belong to the gateway itself, not to S3 (their names are reserved buckets).
-_OWN_PREFIXES = ("/api/", "/console")
-_OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api", "/ws"})
+#: Paths that belong to the gateway itself, not to S3 (their names are reserved buckets,
+#: so S3 requests on them, such as CreateBucket, are still answered by S3).
+_OWN_PREFIXES = ("/api/", "/console/")
+_OWN_READ_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/console"})
 GC_INTERVAL_SECONDS = 3600
 
 
@@ -62,7 +63,9 @@ class GatewayApp:
                 host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"),
                             "")
                 host_bucket = split_host_bucket(host, self.settings.domain)
-            if host_bucket is None and (path in _OWN_PATHS or path.startswith(_OWN_PREFIXES)):
+            own = path.startswith(_OWN_PREFIXES) or (
+                path in _OWN_READ_PATHS and scope["method"] in ("GET", "HEAD"))
+            if host_bucket is None and own:
                 await self.own(scope, receive, send)
             else:
                 await self.s3(scope, receive, send)

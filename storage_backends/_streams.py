@@ -283,11 +283,13 @@ class StagedFile:
         os.close(fd)
 
     def discard(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
+        """Best effort, and quiet: it runs while another error is on its way up."""
+        with suppress(OSError):
+            if self.fd >= 0:
+                fd, self.fd = self.fd, -1
+                os.close(fd)
         if self.created:
-            with suppress(FileNotFoundError):
+            with suppress(OSError):
                 os.unlink(self.path)
 
 

@@ -397,6 +397,8 @@ class LocalFSBackend:
 
     def _check_upload(self, key: str, upload_id: str, updir: str) -> None:
         try:
+            if not stat.S_ISDIR(os.lstat(updir).st_mode):  # a link planted there, say
+                raise UploadNotFound(upload_id)
             owner = read_small(os.path.join(updir, "key"))[0]
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise UploadNotFound(upload_id) from exc

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl, unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.auth.sigv4 import RequestView, authenticate
@@ -39,6 +39,15 @@ def redact_query(query: str) -> str:
     return "&".join(parts)
 
 
+def _declares_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
 class S3Endpoint:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
@@ -51,8 +60,22 @@ class S3Endpoint:
         raw_path = raw_path_bytes.decode("latin-1")
         query_string: str = scope["query_string"].decode("latin-1")
         resource = unquote(raw_path)
-        response = await self._handle(scope, receive, method, raw_path, query_string,
+        body_done = False
+
+        async def tracked_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_done = True
+            return message
+
+        response = await self._handle(scope, tracked_receive, method, raw_path, query_string,
                                       resource, request_id)
+        if not body_done and _declares_body(scope):
+            # Answered without taking the body: a client that sent `Expect: 100-continue`
+            # will never send it, and one that did should not have gigabytes drained.
+            # Either way the connection cannot carry another request.
+            response.headers["Connection"] = "close"
         response.headers["x-amz-request-id"] = request_id
         response.headers["x-amz-id-2"] = request_id
         response.headers["Server"] = "gateway"

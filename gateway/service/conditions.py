@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from email.utils import format_datetime
 
 from gateway import errors
 from gateway.types import ObjectRecord, RangeKind, RangeSpec, ReadConditions, WriteConditions
@@ -24,11 +25,13 @@ def check_read(cond: ReadConditions, etag: str, last_modified: datetime) -> None
             raise errors.PreconditionFailed(fields={"Condition": "If-Match"})
     elif cond.if_unmodified_since is not None and lm > cond.if_unmodified_since:
         raise errors.PreconditionFailed(fields={"Condition": "If-Unmodified-Since"})
+    # A 304 still names the representation (RFC 7232 §4.1).
+    validators = {"ETag": f'"{etag}"', "Last-Modified": format_datetime(lm, usegmt=True)}
     if cond.if_none_match is not None:
         if "*" in cond.if_none_match or etag in cond.if_none_match:
-            raise errors.NotModified()
+            raise errors.NotModified(headers=validators)
     elif cond.if_modified_since is not None and lm <= cond.if_modified_since:
-        raise errors.NotModified()
+        raise errors.NotModified(headers=validators)
 
 
 def check_copy_source(cond: ReadConditions, etag: str, last_modified: datetime) -> None:

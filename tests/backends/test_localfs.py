@@ -314,6 +314,23 @@ async def test_deleted_segments_wait_for_their_last_reader(fs: LocalFSBackend) -
     assert os.listdir(retired) == []
 
 
+async def test_no_descriptor_outlives_its_reader(fs: LocalFSBackend) -> None:
+    await fs.put(KEY, body(pattern(3 * MiB)))
+    await multipart(fs, "b/7/mp", [pattern(MiB), pattern(MiB), pattern(MiB)])
+    before = len(os.listdir("/proc/self/fd"))
+    for key in (KEY, "b/7/mp"):
+        for byte_range in (None, ByteRange(10, 20), ByteRange(MiB - 1, 2 * MiB + 1)):
+            assert await fetch(fs, key, byte_range)
+            reader = await fs.get(key, byte_range=byte_range)
+            chunks = aiter(reader)
+            await anext(chunks)
+            await reader.aclose()  # abandoned midway
+            await fs.head(key)
+    await fs.copy("b/7/mp", "b/7/mp2")
+    await fs.delete("b/7/mp")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 async def test_corrupt_manifest(fs: LocalFSBackend) -> None:
     await multipart(fs, KEY, [b"abc"])
     (fs.root / "blobs" / f"{KEY}@manifest").write_text("{not json")
