@@ -8,6 +8,7 @@ and sent with httpx, http.client or a bare socket.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import os
@@ -24,7 +25,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import boto3
 import httpx
 import pytest
-from botocore.auth import S3SigV4Auth
+from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
@@ -262,6 +263,56 @@ def test_tampered_signed_request(gateway: GatewayProcess, bucket: str, s3: Any) 
     assert absent(s3, bucket, "other")
 
 
+def test_wrong_region_in_credential_scope(gateway: GatewayProcess) -> None:
+    request = AWSRequest(method="GET", url=gateway.url + "/")
+    S3SigV4Auth(Credentials(gateway.access_key, gateway.secret_key), "s3",
+                "eu-west-1").add_auth(request)
+    response = httpx.get(gateway.url + "/", headers=dict(request.headers.items()))
+    error = assert_error(response, 400, "AuthorizationHeaderMalformed")
+    assert error.get("Region") == "us-east-1"
+
+
+def test_missing_content_sha256_header(gateway: GatewayProcess) -> None:
+    # Generic SigV4 (not the S3 flavour) does not send x-amz-content-sha256, which S3
+    # requires with header authentication.
+    request = AWSRequest(method="GET", url=gateway.url + "/")
+    SigV4Auth(Credentials(gateway.access_key, gateway.secret_key), "s3",
+              "us-east-1").add_auth(request)
+    headers = dict(request.headers.items())
+    assert not any(k.lower() == "x-amz-content-sha256" for k in headers)
+    response = httpx.get(gateway.url + "/", headers=headers)
+    assert_error(response, 400, "InvalidRequest")
+
+
+def test_malformed_authorization_header(gateway: GatewayProcess) -> None:
+    headers = sign(gateway, "GET", "/")
+    headers["Authorization"] = "AWS4-HMAC-SHA256 Credential=garbage"
+    response = httpx.get(gateway.url + "/", headers=headers)
+    assert response.status_code == 400
+    assert error_of(response)["Code"] == "AuthorizationHeaderMalformed"
+
+
+def test_delete_objects_requires_integrity_header(gateway: GatewayProcess, s3: Any,
+                                                  bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    xml = (b'<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+           b"<Object><Key>k</Key></Object></Delete>")
+    response = send(gateway, "POST", f"/{bucket}", query="delete=", body=xml)
+    assert_error(response, 400, "InvalidRequest")
+    assert get_body(s3, bucket, "k") == b"x"
+
+
+def test_delete_objects_malformed_xml(gateway: GatewayProcess, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    for xml in (b"<Delete><Object><Key>k</Key></Object>", b"not xml at all",
+                b"<Delete></Delete>"):
+        md5 = base64.b64encode(hashlib.md5(xml).digest()).decode()
+        response = send(gateway, "POST", f"/{bucket}", query="delete=", body=xml,
+                        headers={"Content-MD5": md5})
+        assert_error(response, 400, "MalformedXML")
+    assert get_body(s3, bucket, "k") == b"x"
+
+
 # -- presigned URLs ---------------------------------------------------------------------------
 
 
@@ -340,6 +391,25 @@ def test_presigned_get_tampered(presigner: Any, s3: Any, bucket: str) -> None:
     # Asking for something the signature did not cover.
     extra = url + "&response-content-type=text%2Fhtml"
     assert_error(httpx.get(extra), 403, "SignatureDoesNotMatch")
+
+
+def test_presigned_expiry_longer_than_a_week(presigner: Any, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    url = presigner.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"},
+                                           ExpiresIn=604801)
+    assert_error(httpx.get(url), 400, "AuthorizationQueryParametersError")
+    url = presigner.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"},
+                                           ExpiresIn=604800)
+    assert httpx.get(url).status_code == 200
+
+
+def test_presigned_wrong_secret(gateway: GatewayProcess, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    other = boto3.client("s3", endpoint_url=gateway.url, aws_access_key_id=gateway.access_key,
+                         aws_secret_access_key="not-the-secret", region_name="us-east-1",
+                         config=Config(signature_version="s3v4"))
+    url = other.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"})
+    assert_error(httpx.get(url), 403, "SignatureDoesNotMatch")
 
 
 def test_presigned_put(presigner: Any, s3: Any, bucket: str) -> None:

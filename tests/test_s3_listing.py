@@ -307,6 +307,14 @@ def test_list_v2_invalid_max_keys(s3: Any, gateway: Any, listing_bucket: str) ->
     assert (code, status) == ("InvalidArgument", 400)
 
 
+def test_list_invalid_encoding_type(s3: Any, listing_bucket: str) -> None:
+    code, status = client_error(s3.list_objects_v2, Bucket=listing_bucket,
+                                EncodingType="base64")
+    assert (code, status) == ("InvalidArgument", 400)
+    code, status = client_error(s3.list_objects, Bucket=listing_bucket, EncodingType="base64")
+    assert (code, status) == ("InvalidArgument", 400)
+
+
 def test_list_v2_invalid_continuation_token(s3: Any, listing_bucket: str) -> None:
     code, status = client_error(s3.list_objects_v2, Bucket=listing_bucket,
                                 ContinuationToken="this-is-not-a-token")

@@ -1,0 +1,195 @@
+"""The AWS CLI (v1, default settings) against the gateway: s3 mb/cp/ls/sync/rm/rb and a few
+s3api calls, run as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests._server import GatewayProcess
+
+AWS = Path(sys.executable).parent / "aws"
+
+
+@pytest.fixture
+def aws(gateway: GatewayProcess, tmp_path: Path) -> Any:
+    config = tmp_path / "aws-config"
+    credentials = tmp_path / "aws-credentials"
+    config.write_text("")
+    credentials.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({
+        "AWS_ACCESS_KEY_ID": gateway.access_key,
+        "AWS_SECRET_ACCESS_KEY": gateway.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_PAGER": "",
+    })
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(AWS), "--endpoint-url", gateway.url, *args],
+            env=env, capture_output=True, text=True, timeout=120, check=False)
+        if check:
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result
+
+    return run
+
+
+@pytest.fixture
+def cli_bucket(aws: Any) -> Any:
+    name = f"cli-{uuid.uuid4().hex[:12]}.gbai"
+    yield name
+    aws("s3", "rb", f"s3://{name}", "--force", check=False)
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {}
+    for i in range(20):
+        depth = i % 4
+        parts = [f"level{d}" for d in range(depth)] + [f"file {i:02d}.txt"]
+        if i % 5 == 0:
+            parts[-1] = f"ünï-{i}.bin"
+        rel = "/".join(parts)
+        data = os.urandom(100 + i * 37)
+        path = root.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        files[rel] = data
+    # Old modification times: the uploaded copies are certainly newer.
+    old = time.time() - 3600
+    for rel in files:
+        os.utime(root / rel, (old, old))
+    return files
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_cli_mb_cp_ls_rm_rb(aws: Any, cli_bucket: str, tmp_path: Path) -> None:
+    assert "make_bucket" in aws("s3", "mb", f"s3://{cli_bucket}").stdout
+    listed = aws("s3", "ls").stdout
+    assert cli_bucket in listed
+
+    source = tmp_path / "up.txt"
+    data = os.urandom(300_000)
+    source.write_bytes(data)
+    out = aws("s3", "cp", str(source), f"s3://{cli_bucket}/docs/up.txt").stdout
+    assert "upload:" in out
+
+    listed = aws("s3", "ls", f"s3://{cli_bucket}/docs/").stdout
+    assert "up.txt" in listed
+    assert str(len(data)) in listed
+    assert "PRE docs/" in aws("s3", "ls", f"s3://{cli_bucket}").stdout
+
+    target = tmp_path / "down.txt"
+    out = aws("s3", "cp", f"s3://{cli_bucket}/docs/up.txt", str(target)).stdout
+    assert "download:" in out
+    assert target.read_bytes() == data
+
+    # Server-side copy and a recursive listing.
+    aws("s3", "cp", f"s3://{cli_bucket}/docs/up.txt", f"s3://{cli_bucket}/copy/up copy.txt")
+    listed = aws("s3", "ls", f"s3://{cli_bucket}", "--recursive").stdout
+    assert "docs/up.txt" in listed
+    assert "copy/up copy.txt" in listed
+
+    # rb refuses a non-empty bucket.
+    failed = aws("s3", "rb", f"s3://{cli_bucket}", check=False)
+    assert failed.returncode != 0
+    assert "BucketNotEmpty" in failed.stderr
+
+    out = aws("s3", "rm", f"s3://{cli_bucket}", "--recursive").stdout
+    assert out.count("delete:") == 2
+    assert aws("s3", "ls", f"s3://{cli_bucket}", "--recursive", check=False).stdout == ""
+    assert "remove_bucket" in aws("s3", "rb", f"s3://{cli_bucket}").stdout
+    assert cli_bucket not in aws("s3", "ls").stdout
+
+
+def test_cli_sync_up_and_down(aws: Any, cli_bucket: str, tmp_path: Path) -> None:
+    aws("s3", "mb", f"s3://{cli_bucket}")
+    local = tmp_path / "tree"
+    files = make_tree(local)
+
+    out = aws("s3", "sync", str(local), f"s3://{cli_bucket}/site").stdout
+    assert out.count("upload:") == len(files)
+
+    listed = aws("s3", "ls", f"s3://{cli_bucket}/site/", "--recursive").stdout
+    assert len(listed.strip().splitlines()) == len(files)
+
+    down = tmp_path / "down"
+    out = aws("s3", "sync", f"s3://{cli_bucket}/site", str(down)).stdout
+    assert out.count("download:") == len(files)
+    assert tree_files(down) == files
+    comparison = filecmp.dircmp(local, down)
+    assert not comparison.left_only and not comparison.right_only
+
+    # Nothing changed: a second sync in either direction transfers nothing.
+    again = aws("s3", "sync", str(local), f"s3://{cli_bucket}/site")
+    assert "upload:" not in again.stdout, again.stdout
+    again = aws("s3", "sync", f"s3://{cli_bucket}/site", str(down))
+    assert "download:" not in again.stdout, again.stdout
+
+    # One changed file and one deleted file: exactly those are synced.
+    changed = next(iter(files))
+    (local / changed).write_bytes(b"changed contents, another size")
+    removed = list(files)[-1]
+    (local / removed).unlink()
+    out = aws("s3", "sync", str(local), f"s3://{cli_bucket}/site", "--delete").stdout
+    assert out.count("upload:") == 1
+    assert out.count("delete:") == 1
+
+    aws("s3", "rm", f"s3://{cli_bucket}/site", "--recursive")
+    assert aws("s3", "ls", f"s3://{cli_bucket}", "--recursive", check=False).stdout == ""
+    aws("s3", "rb", f"s3://{cli_bucket}")
+
+
+def test_cli_s3api(aws: Any, cli_bucket: str, tmp_path: Path) -> None:
+    aws("s3api", "create-bucket", "--bucket", cli_bucket)
+    aws("s3api", "head-bucket", "--bucket", cli_bucket)
+
+    source = tmp_path / "body.json"
+    source.write_text('{"hello": "world"}')
+    put = json.loads(aws("s3api", "put-object", "--bucket", cli_bucket, "--key", "a/b.json",
+                         "--body", str(source), "--content-type", "application/json",
+                         "--metadata", "origin=cli").stdout)
+    assert put["ETag"].startswith('"')
+
+    head = json.loads(aws("s3api", "head-object", "--bucket", cli_bucket,
+                          "--key", "a/b.json").stdout)
+    assert head["ContentType"] == "application/json"
+    assert head["Metadata"] == {"origin": "cli"}
+    assert head["ContentLength"] == len('{"hello": "world"}')
+    assert head["ETag"] == put["ETag"]
+
+    listed = json.loads(aws("s3api", "list-objects-v2", "--bucket", cli_bucket).stdout)
+    assert [o["Key"] for o in listed["Contents"]] == ["a/b.json"]
+
+    target = tmp_path / "out.json"
+    aws("s3api", "get-object", "--bucket", cli_bucket, "--key", "a/b.json", str(target))
+    assert target.read_text() == '{"hello": "world"}'
+
+    missing = aws("s3api", "get-object", "--bucket", cli_bucket, "--key", "nope",
+                  str(tmp_path / "nope"), check=False)
+    assert missing.returncode != 0
+    assert "NoSuchKey" in missing.stderr
+
+    location = json.loads(aws("s3api", "get-bucket-location", "--bucket", cli_bucket).stdout)
+    assert location.get("LocationConstraint") in (None, "")
+
+    aws("s3api", "delete-object", "--bucket", cli_bucket, "--key", "a/b.json")
+    aws("s3api", "delete-bucket", "--bucket", cli_bucket)
+    gone = aws("s3api", "head-bucket", "--bucket", cli_bucket, check=False)
+    assert gone.returncode != 0
