@@ -735,6 +735,26 @@ def test_connection_usable_after_error_with_unread_body(gateway: GatewayProcess,
         conn.close()
 
 
+def test_truncated_body_creates_nothing(gateway: GatewayProcess, s3: Any,
+                                        bucket: str) -> None:
+    """A client that disconnects before sending all of Content-Length leaves no object and
+    does not replace an existing one."""
+    s3.put_object(Bucket=bucket, Key="existing", Body=b"previous")
+    for key in ("fresh", "existing"):
+        path = obj_path(bucket, key)
+        data = os.urandom(200_000)
+        headers = sign(gateway, "PUT", path, body=data, payload="UNSIGNED-PAYLOAD")
+        headers["Content-Length"] = str(len(data))
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(raw_request("PUT", path, headers, port=gateway.port))
+            sock.sendall(data[:50_000])
+        time.sleep(0.5)
+    assert absent(s3, bucket, "fresh")
+    assert get_body(s3, bucket, "existing") == b"previous"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == ["existing"]
+
+
 def test_boto3_keeps_working_after_rejected_puts(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="exists", Body=b"v1")
     for _ in range(3):

@@ -302,3 +302,39 @@ def test_race_unconditional_puts_leave_one_whole_body(gateway: Any, bucket: str)
     assert final in bodies
     listing = client.list_objects_v2(Bucket=bucket)
     assert [(o["Key"], o["Size"]) for o in listing["Contents"]] == [("contended", len(final))]
+
+
+def test_readers_see_whole_bodies_during_overwrites(gateway: Any, bucket: str) -> None:
+    """An overwrite swaps the object atomically: a concurrent reader gets the old or the new
+    body, whole, with the ETag and length that belong to it."""
+    client = race_client(gateway)
+    bodies = [bytes([i]) * (512 * 1024 + i) for i in (1, 2, 3)]
+    etags = {quoted_md5(b): b for b in bodies}
+    client.put_object(Bucket=bucket, Key="swapping", Body=bodies[0])
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            client.put_object(Bucket=bucket, Key="swapping", Body=bodies[i % len(bodies)])
+
+    def reader() -> None:
+        while not stop.is_set():
+            response = client.get_object(Bucket=bucket, Key="swapping")
+            data = response["Body"].read()
+            if etags.get(response["ETag"]) != data:
+                problems.append(f"etag {response['ETag']} with {len(data)} bytes")
+            if response["ContentLength"] != len(data):
+                problems.append("content-length disagrees with the body")
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader)
+                                                   for _ in range(3)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(3)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert problems == []

@@ -99,6 +99,17 @@ def test_overwrite_replaces_content_and_metadata(s3: Any, bucket: str) -> None:
     assert list_keys(s3, bucket) == ["k"]
 
 
+def test_last_modified_agrees_between_head_and_listing(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    head = s3.head_object(Bucket=bucket, Key="k")
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"][0]
+    assert listed["LastModified"].replace(microsecond=0) == head["LastModified"]
+    assert listed["ETag"] == head["ETag"]
+    assert listed["Size"] == head["ContentLength"]
+    now = datetime.now(UTC)
+    assert abs((now - head["LastModified"]).total_seconds()) < 120
+
+
 def test_default_content_type(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")
     assert s3.head_object(Bucket=bucket, Key="k")["ContentType"] in (
@@ -378,6 +389,38 @@ def test_copy_object_encoded_source_keys(s3: Any, bucket: str, key: str) -> None
     # The string form "bucket/key" (which boto3 URL-encodes) works too.
     s3.copy_object(Bucket=bucket, Key=key + "-copy2", CopySource=f"{bucket}/{key}")
     assert body(s3, bucket, key + "-copy2") == key.encode()
+
+
+def test_copy_object_with_copy_directive_ignores_request_metadata(s3: Any,
+                                                                  bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="src", Body=b"data", Metadata={"kept": "yes"})
+    s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"},
+                   MetadataDirective="COPY", Metadata={"ignored": "1"})
+    assert s3.head_object(Bucket=bucket, Key="dst")["Metadata"] == {"kept": "yes"}
+
+
+def test_copy_object_source_version_null(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="src", Body=b"versionless")
+    s3.copy_object(Bucket=bucket, Key="dst",
+                   CopySource={"Bucket": bucket, "Key": "src", "VersionId": "null"})
+    assert body(s3, bucket, "dst") == b"versionless"
+
+
+def test_copy_empty_object(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    response = s3.copy_object(Bucket=bucket, Key="empty-copy",
+                              CopySource={"Bucket": bucket, "Key": "empty"})
+    assert response["CopyObjectResult"]["ETag"] == quoted_md5(b"")
+    assert body(s3, bucket, "empty-copy") == b""
+
+
+def test_copy_object_invalid_metadata_directive(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="src", Body=b"x")
+    code, status = client_error(s3.copy_object, Bucket=bucket, Key="dst",
+                                CopySource={"Bucket": bucket, "Key": "src"},
+                                MetadataDirective="MERGE")
+    assert (code, status) == ("InvalidArgument", 400)
+    assert client_error(s3.head_object, Bucket=bucket, Key="dst") == ("404", 404)
 
 
 def test_copy_object_onto_itself_without_replace(s3: Any, bucket: str) -> None:
