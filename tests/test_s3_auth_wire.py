@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -630,6 +631,46 @@ def test_aws_chunked_small_and_empty_bodies(gateway: GatewayProcess, s3: Any, bu
         response = chunked_put(gateway, bucket, f"small{i}", mode, data)
         assert response.status_code == 200, response.content
         assert get_body(s3, bucket, f"small{i}") == data
+
+
+def checksum_b64(algorithm: str, data: bytes) -> str:
+    from awscrt import checksums as crt
+
+    raw = {
+        "crc32": lambda: zlib.crc32(data).to_bytes(4, "big"),
+        "crc32c": lambda: crt.crc32c(data).to_bytes(4, "big"),
+        "crc64nvme": lambda: crt.crc64nvme(data).to_bytes(8, "big"),
+        "sha1": lambda: hashlib.sha1(data).digest(),
+        "sha256": lambda: hashlib.sha256(data).digest(),
+    }[algorithm]()
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.parametrize("algorithm", ["crc32", "crc32c", "crc64nvme", "sha1", "sha256"])
+@pytest.mark.parametrize("mode", [UNSIGNED_TRAILER, SIGNED_STREAM_TRAILER])
+def test_aws_chunked_trailer_algorithms(gateway: GatewayProcess, s3: Any, bucket: str,
+                                        mode: str, algorithm: str) -> None:
+    path = obj_path(bucket, "trailer")
+    data = CHUNK_DATA[:100_000]
+    name = f"x-amz-checksum-{algorithm}"
+    value = checksum_b64(algorithm, data)
+    headers = {"Content-Encoding": "aws-chunked",
+               "x-amz-decoded-content-length": str(len(data)), "x-amz-trailer": name}
+    if mode == UNSIGNED_TRAILER:
+        signed = sign(gateway, "PUT", path, headers=headers, payload=mode)
+        wire = ac.encode(data, trailers=[(name, value)])
+    else:
+        signed = sign(gateway, "PUT", path, headers=headers, payload=mode)
+        signing = ac.Signing.from_authorization(signed["Authorization"],
+                                                signed["X-Amz-Date"], gateway.secret_key)
+        wire = ac.encode(data, trailers=[(name, value)], signing=signing)
+    response = httpx.put(gateway.url + path, headers=signed, content=wire)
+    assert response.status_code == 200, response.content
+    head = s3.head_object(Bucket=bucket, Key="trailer", ChecksumMode="ENABLED")
+    field = "Checksum" + {"crc32": "CRC32", "crc32c": "CRC32C", "crc64nvme": "CRC64NVME",
+                          "sha1": "SHA1", "sha256": "SHA256"}[algorithm]
+    assert head[field] == value
+    assert get_body(s3, bucket, "trailer") == data
 
 
 def test_aws_chunked_keeps_other_content_encoding(gateway: GatewayProcess, s3: Any,

@@ -450,3 +450,30 @@ def test_list_v1_explicit_encoding_type_url(s3: Any, listing_bucket: str) -> Non
     assert all(k.isascii() and " " not in k for k in raw)
     assert [unquote_plus(k) for k in raw] == [k for k in sorted(KEYS, key=utf8)
                                               if k.startswith("a")]
+
+
+def test_list_more_than_1000_keys(s3: Any, bucket: str) -> None:
+    keys = [f"k/{i:05d}" for i in range(1005)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b""), keys))
+    for max_keys in (None, 1000, 5000):
+        params: dict[str, Any] = {"Bucket": bucket}
+        if max_keys is not None:
+            params["MaxKeys"] = max_keys
+        page = s3.list_objects_v2(**params)
+        assert page["KeyCount"] == 1000
+        assert page["IsTruncated"] is True
+        assert [o["Key"] for o in page["Contents"]] == keys[:1000]
+        rest = s3.list_objects_v2(Bucket=bucket,
+                                  ContinuationToken=page["NextContinuationToken"])
+        assert [o["Key"] for o in rest["Contents"]] == keys[1000:]
+        assert rest["IsTruncated"] is False
+        v1 = s3.list_objects(**params)
+        assert len(v1["Contents"]) == 1000
+        assert v1["IsTruncated"] is True
+    page = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert page_entries(page) == [("prefix", "k/")]
+    assert page["IsTruncated"] is False
+    listed = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+              for o in p.get("Contents", [])]
+    assert listed == keys

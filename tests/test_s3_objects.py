@@ -406,6 +406,22 @@ def test_copy_object_source_version_null(s3: Any, bucket: str) -> None:
     assert body(s3, bucket, "dst") == b"versionless"
 
 
+def test_copy_object_replace_metadata_too_large(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="src", Body=b"x")
+    code, status = client_error(s3.copy_object, Bucket=bucket, Key="dst",
+                                CopySource={"Bucket": bucket, "Key": "src"},
+                                MetadataDirective="REPLACE", Metadata={"big": "v" * 2100})
+    assert (code, status) == ("MetadataTooLarge", 400)
+    assert client_error(s3.head_object, Bucket=bucket, Key="dst") == ("404", 404)
+
+
+def test_copy_object_destination_key_too_long(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="src", Body=b"x")
+    code, status = client_error(s3.copy_object, Bucket=bucket, Key="k" * 1025,
+                                CopySource={"Bucket": bucket, "Key": "src"})
+    assert (code, status) == ("KeyTooLongError", 400)
+
+
 def test_copy_empty_object(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="empty", Body=b"")
     response = s3.copy_object(Bucket=bucket, Key="empty-copy",
