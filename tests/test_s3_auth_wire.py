@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import boto3
 import httpx
 import pytest
+from awscrt import checksums as crt
 from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -634,8 +635,6 @@ def test_aws_chunked_small_and_empty_bodies(gateway: GatewayProcess, s3: Any, bu
 
 
 def checksum_b64(algorithm: str, data: bytes) -> str:
-    from awscrt import checksums as crt
-
     raw = {
         "crc32": lambda: zlib.crc32(data).to_bytes(4, "big"),
         "crc32c": lambda: crt.crc32c(data).to_bytes(4, "big"),
@@ -723,6 +722,32 @@ def test_aws_chunked_tampered_chunk_data(gateway: GatewayProcess, s3: Any, bucke
     response = chunked_put(gateway, bucket, "tampered", mode, CHUNK_DATA, tamper=tamper)
     assert_error(response, 403, "SignatureDoesNotMatch")
     assert absent(s3, bucket, "tampered")
+
+
+def test_aws_chunked_tampered_trailer_signature(gateway: GatewayProcess, s3: Any,
+                                                bucket: str) -> None:
+    def tamper(wire: bytes) -> bytes:
+        marker = b"x-amz-trailer-signature:"
+        at = wire.index(marker) + len(marker)
+        flipped = b"0" if wire[at:at + 1] != b"0" else b"1"
+        return wire[:at] + flipped + wire[at + 1:]
+
+    response = chunked_put(gateway, bucket, "tampered", SIGNED_STREAM_TRAILER, CHUNK_DATA,
+                           tamper=tamper)
+    assert_error(response, 403, "SignatureDoesNotMatch")
+    assert absent(s3, bucket, "tampered")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_aws_chunked_body_cut_short(gateway: GatewayProcess, s3: Any, bucket: str,
+                                    mode: str) -> None:
+    """A body that ends before the final zero-length chunk is incomplete: no object."""
+    def cut(wire: bytes) -> bytes:
+        return wire[:wire.index(b"\r\n", 70_000)]  # inside the second chunk's data
+
+    response = chunked_put(gateway, bucket, "cut", mode, CHUNK_DATA, tamper=cut)
+    assert response.status_code in (400, 403), response.content
+    assert absent(s3, bucket, "cut")
 
 
 def test_aws_chunked_decoded_length_mismatch(gateway: GatewayProcess, s3: Any,
