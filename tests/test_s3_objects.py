@@ -300,7 +300,8 @@ def test_delete_objects_quiet(s3: Any, bucket: str) -> None:
 
 
 def test_delete_objects_special_keys(s3: Any, bucket: str) -> None:
-    keys = ["with space", "ünï/日本", "a&b", "lt<gt>", "quote\"s", "plus+"]
+    keys = ["with space", "ünï/日本", "a&b", "lt<gt>", "quote\"s", "plus+", " lead",
+            "trail ", "two  spaces", "]]>cdata-end", "&amp;literal", "\u00a0nbsp"]
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=b"x")
     response = s3.delete_objects(Bucket=bucket,
@@ -561,6 +562,23 @@ def test_range_not_satisfiable(s3: Any, bucket: str, range_header: str) -> None:
     response = info.value.response
     assert response["Error"]["Code"] == "InvalidRange"
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 416
+
+
+def test_range_on_empty_object(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    for range_header in ("bytes=0-0", "bytes=0-", "bytes=-1"):
+        with pytest.raises(ClientError) as info:
+            s3.get_object(Bucket=bucket, Key="empty", Range=range_header)
+        assert info.value.response["Error"]["Code"] == "InvalidRange", range_header
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416
+
+
+def test_range_suffix_of_zero_is_not_satisfiable(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="abc", Body=ALPHABET)
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="abc", Range="bytes=-0")
+    assert info.value.response["Error"]["Code"] == "InvalidRange"
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 416
 
 
 def test_range_invalid_syntax_is_ignored(s3: Any, bucket: str) -> None:

@@ -164,27 +164,32 @@ def bucket_and_latest_object(
     return bucket, (_object(row) if row.id is not None else None)
 
 
+_INSERT_OBJECT = insert(objects).returning(objects.c.id)
+# Column values come as execution parameters (compiled once per set of columns); the
+# compare-and-swap conditions use names that cannot clash with columns.
+_REPLACE_OBJECT = update(objects).where(
+    objects.c.id == bindparam("cas_id"),
+    objects.c.blob_key.is_not_distinct_from(bindparam("cas_blob_key")))
+_DELETE_OBJECT = delete(objects).where(
+    objects.c.id == bindparam("cas_id"),
+    objects.c.blob_key.is_not_distinct_from(bindparam("cas_blob_key")))
+
+
 def insert_object(conn: Connection, values: dict[str, Any]) -> int:
-    result = conn.execute(insert(objects).values(**values).returning(objects.c.id))
-    return int(result.scalar_one())
+    return int(conn.execute(_INSERT_OBJECT, values).scalar_one())
 
 
 def replace_object(conn: Connection, object_id: int, expected_blob_key: str | None,
-                         values: dict[str, Any]) -> bool:
+                   values: dict[str, Any]) -> bool:
     """Compare-and-swap on the blob key: False if another writer got there first."""
-    cond = [objects.c.id == object_id]
-    cond.append(objects.c.blob_key.is_(None) if expected_blob_key is None
-                else objects.c.blob_key == expected_blob_key)
-    result = conn.execute(update(objects).where(*cond).values(**values))
+    result = conn.execute(_REPLACE_OBJECT, {**values, "cas_id": object_id,
+                                            "cas_blob_key": expected_blob_key})
     return result.rowcount == 1
 
 
-def delete_object_row(conn: Connection, object_id: int,
-                            expected_blob_key: str | None) -> bool:
-    cond = [objects.c.id == object_id]
-    cond.append(objects.c.blob_key.is_(None) if expected_blob_key is None
-                else objects.c.blob_key == expected_blob_key)
-    result = conn.execute(delete(objects).where(*cond))
+def delete_object_row(conn: Connection, object_id: int, expected_blob_key: str | None) -> bool:
+    result = conn.execute(_DELETE_OBJECT, {"cas_id": object_id,
+                                           "cas_blob_key": expected_blob_key})
     return result.rowcount == 1
 
 
