@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
+from tests._errors import client_error
+
 
 def unique(prefix: str = "b") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:16]}"
-
-
-def client_error(call: Callable[..., Any], **kwargs: Any) -> tuple[str, int]:
-    with pytest.raises(ClientError) as info:
-        call(**kwargs)
-    response = info.value.response
-    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 @pytest.fixture

@@ -13,16 +13,10 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests._errors import client_error
 from tests.conftest import make_client
 
 OTHER_ETAG = '"0123456789abcdef0123456789abcdef"'
-
-
-def client_error(call: Callable[..., Any], **kwargs: Any) -> tuple[str, int]:
-    with pytest.raises(ClientError) as info:
-        call(**kwargs)
-    response = info.value.response
-    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 def quoted_md5(data: bytes) -> str:

@@ -8,14 +8,14 @@ byte order, each common prefix once, pages that are consecutive slices of the wh
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
-from botocore.exceptions import ClientError
 
+from tests._errors import client_error
 from tests.conftest import make_client
 
 KEYS: list[str] = [
@@ -85,13 +85,6 @@ def check_page_shape(page: dict[str, Any]) -> None:
     assert prefixes == sorted(prefixes, key=utf8)
     assert len(set(keys)) == len(keys)
     assert len(set(prefixes)) == len(prefixes)
-
-
-def client_error(call: Callable[..., Any], **kwargs: Any) -> tuple[str, int]:
-    with pytest.raises(ClientError) as info:
-        call(**kwargs)
-    response = info.value.response
-    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import os
 import zlib
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -16,14 +15,9 @@ import pytest
 from awscrt import checksums as crt
 from botocore.exceptions import ClientError
 
+from tests._errors import client_error
+
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
-
-
-def client_error(call: Callable[..., Any], **kwargs: Any) -> tuple[str, int]:
-    with pytest.raises(ClientError) as info:
-        call(**kwargs)
-    response = info.value.response
-    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 def quoted_md5(data: bytes) -> str:

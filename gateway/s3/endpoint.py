@@ -7,7 +7,7 @@ import logging
 import time
 from urllib.parse import parse_qsl, unquote
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -128,6 +128,12 @@ class S3Endpoint:
                                            headers, query, request_id))
         except errors.GatewayError as exc:
             return error_response(exc, resource=resource, request_id=request_id, head=head)
+        except ClientDisconnect:
+            # Nobody is left to read the answer; nothing was committed.
+            log.info("client went away during %s %s (request %s)", method, resource,
+                     request_id)
+            return error_response(errors.IncompleteBody(), resource=resource,
+                                  request_id=request_id, head=head)
         except Exception:
             log.exception("internal error handling %s %s (request %s)", method, resource,
                           request_id)

@@ -139,9 +139,7 @@ async def delete_objects(req: S3Request) -> Response:
     body = await req.small_body()
     md5 = req.headers.get("content-md5")
     if md5 is None and checksum_request(req.headers)[0] is None:
-        raise errors.MissingSecurityHeader(
-            "Missing required header for this request: Content-MD5",
-            fields={"MissingHeaderName": "Content-MD5"})
+        raise errors.InvalidRequest("Missing required header for this request: Content-MD5")
     if md5 is not None and base64.b64encode(hashlib.md5(body).digest()).decode() != md5:
         raise errors.BadDigest()
     root = parse(body)
