@@ -75,6 +75,7 @@ class GatewayApp:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
+        settings.multipart_expiry_seconds  # noqa: B018 - a bad value stops the start here
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
         await db.start()
@@ -96,12 +97,15 @@ class GatewayApp:
             await db.aclose()
 
     async def _gc_loop(self, gateway: Gateway) -> None:
+        """Housekeeping: expire abandoned multipart uploads, then collect blobs."""
         while True:
             try:
+                await gateway.multipart.expire(gateway.settings.multipart_expiry_seconds)
                 await collect_garbage(gateway.ctx)
             except Exception:
-                log.exception("garbage collection failed; will retry")
-            await asyncio.sleep(GC_INTERVAL_SECONDS)
+                log.exception("housekeeping failed; will retry")
+            await asyncio.sleep(min(GC_INTERVAL_SECONDS,
+                                    gateway.settings.multipart_expiry_seconds))
 
     async def healthz(self, _request: Request) -> Response:
         return PlainTextResponse("ok")

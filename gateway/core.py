@@ -8,6 +8,7 @@ from gateway.metadata.db import Database
 from gateway.service.accounts import AccountService
 from gateway.service.buckets import BucketService
 from gateway.service.context import Context
+from gateway.service.multipart import MultipartService
 from gateway.service.objects import ObjectService
 from gateway.settings import Settings
 from storage_backends import Backend
@@ -19,6 +20,7 @@ class Gateway:
     accounts: AccountService
     buckets: BucketService
     objects: ObjectService
+    multipart: MultipartService
 
     @property
     def settings(self) -> Settings:
@@ -27,4 +29,6 @@ class Gateway:
     @classmethod
     def build(cls, settings: Settings, db: Database, backend: Backend) -> Gateway:
         ctx = Context(settings, db, backend)
-        return cls(ctx, AccountService(ctx), BucketService(ctx), ObjectService(ctx))
+        objects = ObjectService(ctx)
+        multipart = MultipartService(ctx, objects)
+        return cls(ctx, AccountService(ctx), BucketService(ctx, multipart), objects, multipart)

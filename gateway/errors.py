@@ -67,6 +67,7 @@ class InvalidRange(GatewayError):
                          fields={"RangeRequested": requested, "ActualObjectSize": str(size)})
 
 
+InvalidPartNumber = _error("InvalidPartNumber", 416, "The requested partnumber is not satisfiable")
 InvalidBucketName = _error("InvalidBucketName", 400, "The specified bucket is not valid.")
 InvalidRequest = _error("InvalidRequest", 400, "Invalid Request")
 InvalidDigest = _error("InvalidDigest", 400, "The Content-MD5 you specified is not valid.")

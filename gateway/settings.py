@@ -24,6 +24,12 @@ class Settings:
     log_level: str = "info"
     #: Seconds after which an unreferenced blob may be garbage-collected.
     gc_grace_seconds: int = 3600
+    #: Age after which an unfinished multipart upload is aborted ("7d", "12h", "90m", "3600").
+    multipart_expiry: str = "7d"
+
+    @property
+    def multipart_expiry_seconds(self) -> int:
+        return parse_duration(self.multipart_expiry)
 
     @property
     def effective_database_url(self) -> str:
@@ -51,6 +57,24 @@ def _convert(kind: Any, raw: str) -> Any:
     if kind == "Path":
         return Path(raw)
     return raw
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``"3600"``, ``"90m"``, ``"12h"``, ``"7d"`` or ``"2w"``."""
+    value = text.strip().lower()
+    unit = 1
+    if value and value[-1] in _UNITS:
+        value, unit = value[:-1], _UNITS[value[-1]]
+    try:
+        seconds = int(value) * unit
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (e.g. 3600, 90m, 12h, 7d)") from None
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive: {text!r}")
+    return seconds
 
 
 ENV_NAMES: tuple[str, ...] = tuple(f"GATEWAY_{f.name.upper()}" for f in fields(Settings))

@@ -47,10 +47,52 @@ class ObjectRecord:
     checksum_value: str | None
     storage_class: str
     is_delete_marker: bool = False
+    parts_count: int | None = None
 
     @property
     def quoted_etag(self) -> str:
         return f'"{self.etag}"'
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """A multipart upload in progress."""
+
+    id: str
+    bucket_id: int
+    key: str
+    blob_key: str
+    backend_upload_id: str
+    owner_id: int
+    initiated_at: datetime
+    state: str
+    content_type: str | None
+    user_metadata: dict[str, str]
+    headers: dict[str, str]
+    storage_class: str
+    checksum_algorithm: str | None
+    checksum_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    part_number: int
+    size: int
+    etag: str  # hex MD5, without quotes
+    checksum_value: str | None
+    token: str
+    last_modified: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectPart:
+    """One part of a completed multipart object: where it lies in the object."""
+
+    part_number: int
+    offset: int
+    size: int
+    etag: str
+    checksum_value: str | None
 
 
 class RangeKind(Enum):

@@ -34,7 +34,25 @@ class _Blob:
 @dataclass(slots=True)
 class _Upload:
     key: str
-    parts: dict[int, bytes] = field(default_factory=dict)
+    #: part number -> token -> bytes; a part's attempts in the order they were stored.
+    parts: dict[int, dict[str, bytes]] = field(default_factory=dict)
+
+    def add(self, part_number: int, data: bytes) -> PartInfo:
+        token = secrets.token_hex(16)
+        self.parts.setdefault(part_number, {})[token] = data
+        return PartInfo(part_number, len(data), token)
+
+    def choose(self, ref: PartRef) -> bytes:
+        attempts = self.parts.get(ref.part_number, {})
+        if ref.token is None:
+            data = attempts[next(reversed(attempts))] if attempts else None
+        else:
+            data = attempts.get(ref.token)
+        if data is None:
+            raise InvalidPart(ref.part_number, "no such attempt" if ref.token else "missing")
+        if ref.size is not None and ref.size != len(data):
+            raise InvalidPart(ref.part_number, f"size {len(data)}, not {ref.size}")
+        return data
 
 
 class MemoryBackend:
@@ -103,8 +121,7 @@ class MemoryBackend:
         self._upload(key, upload_id)
         check_part_number(part_number)
         data = await _collect(body)
-        self._upload(key, upload_id).parts[part_number] = data
-        return PartInfo(part_number, len(data))
+        return self._upload(key, upload_id).add(part_number, data)  # not completed meanwhile
 
     async def copy_part(
         self,
@@ -114,31 +131,33 @@ class MemoryBackend:
         src: str,
         byte_range: ByteRange | None = None,
     ) -> PartInfo:
-        upload = self._upload(key, upload_id)
+        self._upload(key, upload_id)
         check_part_number(part_number)
         data = self._blob(src).data
         start, end = resolve_range(byte_range, len(data))
         await anyio.lowlevel.checkpoint()
-        upload.parts[part_number] = data[start:end]
-        return PartInfo(part_number, end - start)
+        return self._upload(key, upload_id).add(part_number, data[start:end])
 
     async def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[PartRef]
     ) -> BlobInfo:
-        upload = self._upload(key, upload_id)
+        self._upload(key, upload_id)
         check_part_list(parts)
-        chosen: list[bytes] = []
-        for ref in parts:
-            data = upload.parts.get(ref.part_number)
-            if data is None:
-                raise InvalidPart(ref.part_number)
-            if ref.size is not None and ref.size != len(data):
-                raise InvalidPart(ref.part_number, f"size {len(data)}, not {ref.size}")
-            chosen.append(data)
         await anyio.lowlevel.checkpoint()
+        # From here on no await: nothing can slip in between choosing and completing.
+        upload = self._upload(key, upload_id)
+        chosen = [upload.choose(ref) for ref in parts]
         del self._uploads[upload_id]
         blob = self._blobs[key] = _Blob(b"".join(chosen), datetime.now(UTC))
         return blob.info(key)
+
+    async def delete_part(self, key: str, upload_id: str, part_number: int, token: str) -> None:
+        validate_blob_key(key)
+        check_part_number(part_number)
+        await anyio.lowlevel.checkpoint()
+        upload = self._uploads.get(upload_id)
+        if upload is not None and upload.key == key:
+            upload.parts.get(part_number, {}).pop(token, None)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         validate_blob_key(key)

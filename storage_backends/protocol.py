@@ -51,16 +51,32 @@ class BlobInfo:
 
 @dataclass(frozen=True, slots=True)
 class PartInfo:
+    """One stored attempt of a part.
+
+    ``token`` names exactly the bytes this ``put_part`` or ``copy_part`` call stored; it is
+    opaque to callers (the local backend makes a random hex string, an S3 upstream would use
+    the upstream part's ETag). Uploading the same part number again stores another attempt
+    with another token; the earlier attempt stays until it is deleted (``delete_part``) or
+    the upload completes or is aborted.
+    """
+
     part_number: int
     size: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
 class PartRef:
-    """A part chosen for completion; ``size`` lets a backend check it against what it holds."""
+    """A part chosen for completion.
+
+    With ``token``, exactly that attempt of the part (see :class:`PartInfo`); without it,
+    the attempt of ``part_number`` stored last. ``size`` lets a backend check the attempt
+    against what the caller recorded.
+    """
 
     part_number: int
     size: int | None = None
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +124,11 @@ class Backend(Protocol):
         """Every blob under ``prefix``; for garbage collection and fsck only."""
 
     # -- multipart, stateless: the upload id is all the state a caller keeps ---------------
+    # Every put_part/copy_part stores a new attempt of its part and returns the attempt's
+    # token; complete_multipart joins the attempts its PartRefs name, in the order given,
+    # without copying bytes where the store can avoid it, and drops everything else of the
+    # upload. Once an upload is completed or aborted, put_part and copy_part raise
+    # UploadNotFound and keep nothing, even when they race the completion.
     async def create_multipart(self, key: str) -> str: ...
 
     async def put_part(
@@ -131,7 +152,12 @@ class Backend(Protocol):
 
     async def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[PartRef]
-    ) -> BlobInfo: ...
+    ) -> BlobInfo:
+        """Raises ``InvalidPart`` for an attempt that does not exist (any more) or whose size
+        differs from ``PartRef.size``; then nothing of the upload is consumed."""
+
+    async def delete_part(self, key: str, upload_id: str, part_number: int, token: str) -> None:
+        """Drop one attempt of a part. Idempotent: an unknown upload or token is not an error."""
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Idempotent: aborting an unknown upload is not an error."""

@@ -120,7 +120,58 @@ objects = Table(
     Column("checksum_value", String(128), nullable=True),
     Column("storage_class", String(32), nullable=False, default="STANDARD"),
     Column("owner_id", BigId, ForeignKey("users.id"), nullable=True),
+    #: Completed multipart uploads: how many parts (their layout is in ``object_parts``).
+    Column("parts_count", Integer(), nullable=True),
     UniqueConstraint("bucket_id", "key", "version_id", name="uq_objects_bucket_key_version"),
     Index("ix_objects_listing", "bucket_id", "is_latest", "key"),
     Index("ix_objects_blob_key", "blob_key"),
+)
+
+#: The parts of an object completed from a multipart upload (for ``?partNumber=N``).
+object_parts = Table(
+    "object_parts",
+    metadata,
+    Column("object_id", BigId, ForeignKey("objects.id", ondelete="CASCADE"), primary_key=True),
+    Column("part_number", Integer(), primary_key=True),
+    Column("offset", BigInteger(), nullable=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("checksum_value", String(128), nullable=True),
+)
+
+#: Multipart uploads in progress. ``state`` is ``active``, or ``completing`` from the moment
+#: CompleteMultipartUpload has chosen the parts until the object row commits.
+multipart_uploads = Table(
+    "multipart_uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("bucket_id", BigId, ForeignKey("buckets.id"), nullable=False),
+    Column("key", KeyString, nullable=False),
+    Column("blob_key", String(512), nullable=False),
+    Column("backend_upload_id", String(256), nullable=False),
+    Column("owner_id", BigId, ForeignKey("users.id"), nullable=False),
+    Column("initiated_at", UTCDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("content_type", String(1024), nullable=True),
+    Column("user_metadata", JSON(), nullable=False),
+    Column("headers", JSON(), nullable=False),
+    Column("storage_class", String(32), nullable=False),
+    Column("checksum_algorithm", String(16), nullable=True),
+    Column("checksum_type", String(16), nullable=True),
+    Index("ix_multipart_uploads_listing", "bucket_id", "key", "initiated_at"),
+    Index("ix_multipart_uploads_initiated", "initiated_at"),
+    Index("ix_multipart_uploads_blob_key", "blob_key"),
+)
+
+multipart_parts = Table(
+    "multipart_parts",
+    metadata,
+    Column("upload_id", String(64), ForeignKey("multipart_uploads.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("part_number", Integer(), primary_key=True),
+    Column("size", BigInteger(), nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("checksum_value", String(128), nullable=True),
+    Column("token", String(128), nullable=False),
+    Column("last_modified", UTCDateTime(), nullable=False),
 )

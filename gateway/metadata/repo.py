@@ -12,8 +12,23 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from gateway.metadata.models import NULL_VERSION, access_keys, buckets, objects, users
-from gateway.types import BucketRecord, ObjectRecord, Principal
+from gateway.metadata.models import (
+    access_keys,
+    buckets,
+    multipart_parts,
+    multipart_uploads,
+    object_parts,
+    objects,
+    users,
+)
+from gateway.types import (
+    BucketRecord,
+    ObjectPart,
+    ObjectRecord,
+    PartRecord,
+    Principal,
+    UploadRecord,
+)
 
 # -- identities ----------------------------------------------------------------------------
 
@@ -119,6 +134,7 @@ _OBJECT_COLUMNS = (
     objects.c.etag, objects.c.last_modified, objects.c.blob_key, objects.c.content_type,
     objects.c.user_metadata, objects.c.headers, objects.c.checksum_algorithm,
     objects.c.checksum_value, objects.c.storage_class, objects.c.is_delete_marker,
+    objects.c.parts_count,
 )
 
 
@@ -129,7 +145,7 @@ def _object(row: Any) -> ObjectRecord:
         content_type=row.content_type, user_metadata=dict(row.user_metadata or {}),
         headers=dict(row.headers or {}), checksum_algorithm=row.checksum_algorithm,
         checksum_value=row.checksum_value, storage_class=row.storage_class,
-        is_delete_marker=row.is_delete_marker,
+        is_delete_marker=row.is_delete_marker, parts_count=row.parts_count,
     )
 
 
@@ -211,8 +227,149 @@ def list_latest(
 
 
 def blob_is_referenced(conn: Connection, *, blob_key: str) -> bool:
-    stmt = select(exists().where(objects.c.blob_key == blob_key))
-    return bool((conn.execute(stmt)).scalar())
+    """An object points to the blob, or a multipart upload will (or is completing into it)."""
+    stmt = select(exists().where(objects.c.blob_key == blob_key)
+                  | exists().where(multipart_uploads.c.blob_key == blob_key))
+    return bool(conn.execute(stmt).scalar())
 
 
-NULL = NULL_VERSION
+# -- object parts --------------------------------------------------------------------------
+
+_DELETE_OBJECT_PARTS = delete(object_parts).where(object_parts.c.object_id == bindparam("oid"))
+
+
+def replace_object_parts(conn: Connection, object_id: int, parts: Sequence[ObjectPart]) -> None:
+    conn.execute(_DELETE_OBJECT_PARTS, {"oid": object_id})
+    if parts:
+        conn.execute(insert(object_parts), [
+            {"object_id": object_id, "part_number": p.part_number, "offset": p.offset,
+             "size": p.size, "etag": p.etag, "checksum_value": p.checksum_value}
+            for p in parts])
+
+
+def object_part(conn: Connection, object_id: int, part_number: int) -> ObjectPart | None:
+    row = conn.execute(select(object_parts).where(
+        object_parts.c.object_id == object_id,
+        object_parts.c.part_number == part_number)).first()
+    if row is None:
+        return None
+    return ObjectPart(row.part_number, row.offset, row.size, row.etag, row.checksum_value)
+
+
+# -- multipart uploads ---------------------------------------------------------------------
+
+
+def _upload(row: Any) -> UploadRecord:
+    return UploadRecord(
+        id=row.id, bucket_id=row.bucket_id, key=row.key, blob_key=row.blob_key,
+        backend_upload_id=row.backend_upload_id, owner_id=row.owner_id,
+        initiated_at=row.initiated_at, state=row.state, content_type=row.content_type,
+        user_metadata=dict(row.user_metadata or {}), headers=dict(row.headers or {}),
+        storage_class=row.storage_class, checksum_algorithm=row.checksum_algorithm,
+        checksum_type=row.checksum_type)
+
+
+def _part(row: Any) -> PartRecord:
+    return PartRecord(row.part_number, row.size, row.etag, row.checksum_value, row.token,
+                      row.last_modified)
+
+
+def insert_upload(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(multipart_uploads), values)
+
+
+_UPLOAD = select(multipart_uploads).where(multipart_uploads.c.id == bindparam("upload_id"))
+
+
+def upload(conn: Connection, upload_id: str) -> UploadRecord | None:
+    row = conn.execute(_UPLOAD, {"upload_id": upload_id}).first()
+    return _upload(row) if row else None
+
+
+def set_upload_state(conn: Connection, upload_id: str, state: str) -> bool:
+    result = conn.execute(update(multipart_uploads)
+                          .where(multipart_uploads.c.id == upload_id).values(state=state))
+    return result.rowcount == 1
+
+
+def delete_upload(conn: Connection, upload_id: str) -> bool:
+    conn.execute(delete(multipart_parts).where(multipart_parts.c.upload_id == upload_id))
+    result = conn.execute(delete(multipart_uploads).where(multipart_uploads.c.id == upload_id))
+    return result.rowcount == 1
+
+
+def part(conn: Connection, upload_id: str, part_number: int) -> PartRecord | None:
+    row = conn.execute(select(multipart_parts).where(
+        multipart_parts.c.upload_id == upload_id,
+        multipart_parts.c.part_number == part_number)).first()
+    return _part(row) if row else None
+
+
+def put_part_row(conn: Connection, upload_id: str, record: PartRecord) -> str | None:
+    """Record a part; returns the token of the attempt it supersedes, if any."""
+    values = {"size": record.size, "etag": record.etag, "checksum_value": record.checksum_value,
+              "token": record.token, "last_modified": record.last_modified}
+    old = part(conn, upload_id, record.part_number)
+    if old is None:
+        conn.execute(insert(multipart_parts).values(
+            upload_id=upload_id, part_number=record.part_number, **values))
+        return None
+    conn.execute(update(multipart_parts).where(
+        multipart_parts.c.upload_id == upload_id,
+        multipart_parts.c.part_number == record.part_number).values(**values))
+    return old.token
+
+
+def parts(conn: Connection, upload_id: str, *, after: int = 0,
+          limit: int | None = None) -> list[PartRecord]:
+    stmt = (select(multipart_parts)
+            .where(multipart_parts.c.upload_id == upload_id,
+                   multipart_parts.c.part_number > after)
+            .order_by(multipart_parts.c.part_number))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [_part(r) for r in conn.execute(stmt).all()]
+
+
+def list_uploads(conn: Connection, *, bucket_id: int, prefix: str, upper: str | None,
+                 key_marker: str | None, upload_id_marker: str | None,
+                 limit: int, key_from: str | None = None) -> list[UploadRecord]:
+    """Uploads in (key, initiation time, id) order, after the markers (``key_from``: an
+    inclusive lower bound on the key)."""
+    u = multipart_uploads.c
+    cond = [u.bucket_id == bucket_id]
+    if key_from is not None:
+        cond.append(u.key >= key_from)
+    if prefix:
+        cond.append(u.key >= prefix)
+    if upper is not None:
+        cond.append(u.key < upper)
+    stmt = select(multipart_uploads).where(*cond).order_by(u.key, u.initiated_at, u.id)
+    if key_marker is not None:
+        if upload_id_marker:
+            marker = conn.execute(select(u.initiated_at).where(
+                u.id == upload_id_marker, u.key == key_marker)).scalar()
+            if marker is not None:
+                stmt = stmt.where(
+                    (u.key > key_marker)
+                    | and_(u.key == key_marker, (u.initiated_at > marker)
+                           | and_(u.initiated_at == marker, u.id > upload_id_marker)))
+            else:
+                stmt = stmt.where(u.key > key_marker)
+        else:
+            stmt = stmt.where(u.key > key_marker)
+    return [_upload(r) for r in conn.execute(stmt.limit(limit)).all()]
+
+
+def uploads_initiated_before(conn: Connection, cutoff: datetime,
+                             limit: int) -> list[UploadRecord]:
+    stmt = (select(multipart_uploads).where(multipart_uploads.c.initiated_at < cutoff)
+            .order_by(multipart_uploads.c.initiated_at).limit(limit))
+    return [_upload(r) for r in conn.execute(stmt).all()]
+
+
+def upload_count(conn: Connection, bucket_id: int) -> int:
+    stmt = select(func.count()).select_from(multipart_uploads).where(
+        multipart_uploads.c.bucket_id == bucket_id)
+    return int(conn.execute(stmt).scalar_one())
+

@@ -47,8 +47,10 @@ class S3Request:
             if chunk:
                 yield chunk
 
-    def body(self) -> tuple[DigestingStream, int | None]:
-        """The decoded body, verified while it streams, and its announced size."""
+    def body(self, default_checksum: str | None = None) -> tuple[DigestingStream, int | None]:
+        """The decoded body, verified while it streams, and its announced size.
+        ``default_checksum``: the algorithm to compute when the request names none (a
+        multipart upload's); a request naming another one is refused."""
         headers = self.headers
         trailers: dict[str, str] = {}
         mode = self.auth.payload_mode
@@ -67,6 +69,12 @@ class S3Request:
         else:
             expected = content_length(headers)
         algorithm, expected_checksum, _trailer = checksum_request(headers)
+        if algorithm is None:
+            algorithm = default_checksum
+        elif default_checksum is not None and algorithm != default_checksum:
+            raise errors.InvalidRequest(
+                f"Checksum Type mismatch occurred, expected checksum Type: "
+                f"{default_checksum.lower()}, actual checksum type: {algorithm.lower()}")
         stream = DigestingStream(
             source,
             expected_size=expected,

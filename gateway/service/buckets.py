@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -38,9 +39,14 @@ def validate_bucket_name(name: str) -> None:
         raise errors.InvalidBucketName(fields={"BucketName": name})
 
 
+class UploadAborter(Protocol):
+    async def abort_bucket_uploads(self, bucket_id: int) -> int: ...
+
+
 class BucketService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, uploads: UploadAborter) -> None:
         self.ctx = ctx
+        self.uploads = uploads
 
     async def create(self, principal: Principal, name: str,
                      location: str | None = None) -> BucketRecord:
@@ -68,6 +74,10 @@ class BucketService:
 
     async def delete(self, principal: Principal, name: str) -> None:
         bucket = await self.get(principal, name, write=True)
+        if await self.ctx.db.read(lambda conn: repo.bucket_has_objects(conn, bucket.id)):
+            raise errors.BucketNotEmpty(fields={"BucketName": name})
+        # Unfinished uploads are invisible leftovers: they go with the bucket (as MinIO).
+        await self.uploads.abort_bucket_uploads(bucket.id)
 
         def unit(conn: Connection) -> None:
             if repo.bucket_has_objects(conn, bucket.id):

@@ -8,7 +8,7 @@ object or the new one; the blobs nobody points to are collected later (``service
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from gateway.service.context import Context, backend_errors, shielded
 from gateway.types import (
     BucketRecord,
     ObjectAttributes,
+    ObjectPart,
     ObjectRecord,
     Principal,
     RangeSpec,
@@ -85,7 +86,7 @@ class ObjectService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def _bucket(self, principal: Principal, name: str, *, write: bool) -> BucketRecord:
+    async def bucket(self, principal: Principal, name: str, *, write: bool) -> BucketRecord:
         bucket = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, name))
         if bucket is None:
             raise errors.NoSuchBucket(fields={"BucketName": name})
@@ -108,7 +109,7 @@ class ObjectService:
         validate_key(key)
         if size_hint is not None and size_hint > MAX_OBJECT_SIZE:
             raise errors.EntityTooLarge()
-        bucket = await self._bucket(principal, bucket_name, write=True)
+        bucket = await self.bucket(principal, bucket_name, write=True)
         if not conditions.empty:
             # Fail fast before taking the body; the commit checks again, atomically.
             current = await self.ctx.db.read(
@@ -117,12 +118,12 @@ class ObjectService:
         blob_key = self.ctx.new_blob_key(bucket.id)
         with backend_errors():
             await self.ctx.backend.put(blob_key, body, size=size_hint)
-        return await self._commit_new_blob(
+        return await self.commit_new_blob(
             bucket, key, blob_key, conditions,
             size=body.size, etag=body.md5_hex, attrs=attrs,
             checksum=(body.checksum_algorithm, body.checksum_value), owner_id=principal.user_id)
 
-    async def _commit_new_blob(
+    async def commit_new_blob(
         self,
         bucket: BucketRecord,
         key: str,
@@ -134,8 +135,13 @@ class ObjectService:
         attrs: ObjectAttributes,
         checksum: tuple[str | None, str | None],
         owner_id: int,
+        parts: Sequence[ObjectPart] = (),
+        before: Callable[[Connection], None] | None = None,
+        keep_blob_on: tuple[type[BaseException], ...] = (),
     ) -> ObjectRecord:
-        """Point the key at ``blob_key``; on any failure the new blob is discarded."""
+        """Point the key at ``blob_key``. ``before`` runs first in the same transaction (a
+        multipart completion consumes its upload there). On failure the new blob is
+        discarded, unless the exception is one of ``keep_blob_on`` (a retry may reuse it)."""
         now = datetime.now(UTC)
         values: dict[str, Any] = {
             "size": size, "etag": etag, "last_modified": now, "blob_key": blob_key,
@@ -143,17 +149,25 @@ class ObjectService:
             "headers": attrs.headers, "checksum_algorithm": checksum[0],
             "checksum_value": checksum[1], "storage_class": attrs.storage_class,
             "owner_id": owner_id, "is_delete_marker": False, "is_latest": True,
+            "parts_count": len(parts) or None,
         }
 
         def unit(conn: Connection) -> tuple[int, str | None]:
+            if before is not None:
+                before(conn)
             current = repo.latest_object(conn, bucket.id, key)
             check_write(conditions, current)
             if current is None:
-                return repo.insert_object(conn, {**values, "bucket_id": bucket.id, "key": key,
-                                                 "version_id": NULL_VERSION}), None
-            if not repo.replace_object(conn, current.id, current.blob_key, values):
-                raise _Retry  # another writer swapped the row first (PostgreSQL)
-            return current.id, current.blob_key
+                object_id = repo.insert_object(conn, {
+                    **values, "bucket_id": bucket.id, "key": key, "version_id": NULL_VERSION})
+                old = None
+            else:
+                if not repo.replace_object(conn, current.id, current.blob_key, values):
+                    raise _Retry  # another writer swapped the row first (PostgreSQL)
+                object_id, old = current.id, current.blob_key
+            if parts or (current is not None and current.parts_count):
+                repo.replace_object_parts(conn, object_id, parts)
+            return object_id, old
 
         try:
             async with shielded():
@@ -167,6 +181,8 @@ class ObjectService:
                                 fields={"BucketName": bucket.name}) from None
                 else:
                     raise errors.ConditionalRequestConflict()
+        except keep_blob_on:
+            raise
         except BaseException:
             await self.ctx.discard_blob(blob_key)
             raise
@@ -176,7 +192,7 @@ class ObjectService:
             etag=etag, last_modified=now, blob_key=blob_key, content_type=attrs.content_type,
             user_metadata=attrs.user_metadata, headers=attrs.headers,
             checksum_algorithm=checksum[0], checksum_value=checksum[1],
-            storage_class=attrs.storage_class)
+            storage_class=attrs.storage_class, parts_count=len(parts) or None)
 
     async def _bucket_gone(self, bucket: BucketRecord) -> bool:
         found = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, bucket.name))
@@ -198,8 +214,8 @@ class ObjectService:
     ) -> ObjectRecord:
         validate_key(dst_key)
         _check_version(src_version)
-        src_b = await self._bucket(principal, src_bucket, write=False)
-        dst_b = await self._bucket(principal, dst_bucket, write=True)
+        src_b = await self.bucket(principal, src_bucket, write=False)
+        dst_b = await self.bucket(principal, dst_bucket, write=True)
         if src_b.id == dst_b.id and src_key == dst_key and not replace_metadata:
             raise errors.InvalidRequest(
                 "This copy request is illegal because it is trying to copy an object to "
@@ -221,7 +237,7 @@ class ObjectService:
                 headers=src.headers,
                 storage_class=attrs.storage_class if attrs.storage_class != "STANDARD"
                 else src.storage_class)
-            return await self._commit_new_blob(
+            return await self.commit_new_blob(
                 dst_b, dst_key, blob_key, conditions, size=src.size, etag=src.etag,
                 attrs=new_attrs, checksum=(src.checksum_algorithm, src.checksum_value),
                 owner_id=principal.user_id)
@@ -231,14 +247,14 @@ class ObjectService:
                      version_id: str | None = None) -> None:
         validate_key(key)
         _check_version(version_id)
-        bucket = await self._bucket(principal, bucket_name, write=True)
+        bucket = await self.bucket(principal, bucket_name, write=True)
         outcome = await self._delete_batch(bucket, [(key, version_id)])
         if outcome[0].error is not None:
             raise outcome[0].error
 
     async def delete_many(self, principal: Principal, bucket_name: str,
                           items: Sequence[tuple[str, str | None]]) -> list[DeleteOutcome]:
-        bucket = await self._bucket(principal, bucket_name, write=True)
+        bucket = await self.bucket(principal, bucket_name, write=True)
         results: list[DeleteOutcome] = []
         for start in range(0, len(items), 100):
             results.extend(await self._delete_batch(bucket, items[start:start + 100]))
@@ -292,10 +308,17 @@ class ObjectService:
         range_spec: RangeSpec | None = None,
         conditions: ReadConditions = ReadConditions(),
         head: bool = False,
+        part_number: int | None = None,
+        copy_source: bool = False,
     ) -> ObjectRead:
-        """Everything that can fail is checked here, before a response starts."""
+        """Everything that can fail is checked here, before a response starts.
+        ``copy_source``: the object is read as the source of a copy (failed conditions are
+        412, never 304)."""
         validate_key(key)
         _check_version(version_id)
+        if part_number is not None and range_spec is not None:
+            raise errors.InvalidRequest(
+                "Cannot specify both Range header and partNumber query parameter")
         for _attempt in range(5):
             bucket, obj = await self.ctx.db.read(
                 lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key))
@@ -304,8 +327,14 @@ class ObjectService:
             require_bucket_access(principal, bucket, write=False)
             if obj is None or obj.is_delete_marker or obj.blob_key is None:
                 raise errors.NoSuchKey(fields={"Key": key})
-            check_read(conditions, obj.etag, obj.last_modified)
-            byte_range = resolve_range(range_spec, obj.size)
+            if copy_source:
+                check_copy_source(conditions, obj.etag, obj.last_modified)
+            else:
+                check_read(conditions, obj.etag, obj.last_modified)
+            if part_number is not None:
+                byte_range = await self._part_range(obj, part_number)
+            else:
+                byte_range = resolve_range(range_spec, obj.size)
             if head:
                 return ObjectRead(obj, byte_range, None)
             try:
@@ -315,4 +344,18 @@ class ObjectService:
                 continue  # overwritten between the row read and the open: read again
             return ObjectRead(obj, byte_range, reader)
         raise errors.ServiceUnavailable("The object changed too often while being read.")
+
+    async def _part_range(self, obj: ObjectRecord, part_number: int) -> ByteRange | None:
+        """The bytes of one part; an object not made of parts is its own part 1."""
+        count = obj.parts_count or 1
+        if part_number > count:
+            raise errors.InvalidPartNumber(fields={"PartNumberRequested": str(part_number),
+                                                   "ActualPartCount": str(count)})
+        if obj.parts_count is None:
+            return ByteRange(0, obj.size) if obj.size else None
+        found = await self.ctx.db.read(
+            lambda conn: repo.object_part(conn, obj.id, part_number))
+        if found is None:
+            raise errors.InvalidPartNumber()
+        return ByteRange(found.offset, found.offset + found.size) if found.size else None
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, timedelta
+from functools import partial
 
 import anyio
 import anyio.lowlevel
@@ -17,7 +18,9 @@ from storage_backends import (
     ByteRange,
     InvalidBlobKey,
     InvalidPart,
+    PartInfo,
     PartRef,
+    StorageError,
     UploadNotFound,
 )
 
@@ -312,7 +315,7 @@ async def test_multipart_out_of_order_and_reuploaded_parts(harness: Harness) -> 
     await backend.put_part(KEY, upload_id, 1, body(b"wrong first part"))
     info = await backend.put_part(KEY, upload_id, 2, body(*split(p2, [3])))
     assert (info.part_number, info.size) == (2, 10)
-    await backend.put_part(KEY, upload_id, 1, body(*split(p1, [4096])))  # replaces
+    await backend.put_part(KEY, upload_id, 1, body(*split(p1, [4096])))  # the latest attempt
     refs = [PartRef(1, len(p1)), PartRef(2, len(p2)), PartRef(3)]
     done = await backend.complete_multipart(KEY, upload_id, refs)
     assert (done.key, done.size) == (KEY, len(p1) + len(p2) + len(p3))
@@ -321,6 +324,7 @@ async def test_multipart_out_of_order_and_reuploaded_parts(harness: Harness) -> 
     with pytest.raises(UploadNotFound):
         await backend.put_part(KEY, upload_id, 4, body(b"late"))
     assert harness.leftovers() == []
+    assert harness.residue() == []  # the unchosen attempt of part 1 went with the upload
 
 
 async def test_multipart_complete_with_a_subset(backend: Backend) -> None:
@@ -407,6 +411,7 @@ async def test_multipart_abort_is_idempotent(harness: Harness) -> None:
     with pytest.raises(BlobNotFound):
         await backend.head(KEY)
     assert harness.leftovers() == []
+    assert harness.residue() == []
 
 
 async def test_multipart_failing_part_body_keeps_the_previous_part(harness: Harness) -> None:
@@ -473,3 +478,211 @@ async def test_switching_between_whole_and_segmented_versions(backend: Backend) 
     assert await fetch(backend, "b/9/x") == b"whole 4"
     listed = {info.key: info.size async for info in backend.list("")}
     assert listed == {KEY: 7, "b/9/x": 7, "b/9/y": 1}
+
+
+# -- part attempts and their tokens --------------------------------------------------------
+
+
+async def test_each_part_upload_is_a_distinct_attempt(harness: Harness) -> None:
+    backend = harness.backend
+    first, second = pattern(1000, seed=31), pattern(1000, seed=32)
+    for pick in (0, 1):
+        key = f"b/3/attempt-{pick}"
+        upload_id = await backend.create_multipart(key)
+        one = await backend.put_part(key, upload_id, 1, body(b"<"))
+        attempts = [await backend.put_part(key, upload_id, 3, body(data))
+                    for data in (first, second)]
+        assert [(a.part_number, a.size) for a in attempts] == [(3, 1000), (3, 1000)]
+        assert isinstance(one.token, str) and one.token
+        assert len({one.token, *(a.token for a in attempts)}) == 3
+        chosen = attempts[pick]
+        refs = [PartRef(1, 1, one.token), PartRef(3, 1000, chosen.token)]
+        assert (await backend.complete_multipart(key, upload_id, refs)).size == 1001
+        assert await fetch(backend, key) == b"<" + (first, second)[pick]
+    assert harness.residue() == []
+
+
+async def test_completing_with_a_stale_or_unknown_token(backend: Backend) -> None:
+    upload_id = await backend.create_multipart(KEY)
+    old = await backend.put_part(KEY, upload_id, 1, body(b"old"))
+    new = await backend.put_part(KEY, upload_id, 1, body(b"new"))
+    two = await backend.put_part(KEY, upload_id, 2, body(b"two"))
+    await backend.delete_part(KEY, upload_id, 1, old.token)
+    for token in [old.token, "0" * 32, "f" * 32, "../../blobs/x", "", two.token]:
+        with pytest.raises(InvalidPart) as raised:
+            await backend.complete_multipart(KEY, upload_id, [PartRef(1, token=token)])
+        assert raised.value.part_number == 1
+    with pytest.raises(InvalidPart) as raised:  # the right attempt, the wrong size
+        await backend.complete_multipart(KEY, upload_id, [PartRef(2, 3, two.token),
+                                                          PartRef(1, 4, new.token)])
+    assert raised.value.part_number == 1
+    with pytest.raises(BlobNotFound):
+        await backend.head(KEY)
+    # Nothing was consumed by the failures.
+    refs = [PartRef(2, 3, two.token), PartRef(1, 3, new.token)]
+    await backend.complete_multipart(KEY, upload_id, refs)
+    assert await fetch(backend, KEY) == b"twonew"
+
+
+async def test_delete_part_removes_one_attempt_and_is_idempotent(harness: Harness) -> None:
+    backend = harness.backend
+    upload_id = await backend.create_multipart(KEY)
+    a = await backend.put_part(KEY, upload_id, 1, body(b"attempt a"))
+    b = await backend.put_part(KEY, upload_id, 1, body(b"attempt b"))
+    c = await backend.put_part(KEY, upload_id, 2, body(b"!"))
+    for _ in range(2):
+        await backend.delete_part(KEY, upload_id, 1, b.token)
+    await backend.delete_part(KEY, upload_id, 1, c.token)  # part 2's token: not part 1's
+    await backend.delete_part(KEY, upload_id, 2, "0" * 32)
+    await backend.delete_part(KEY, upload_id, 2, "not a token")
+    await backend.delete_part(KEY, "0" * 32, 1, a.token)  # unknown upload
+    await backend.delete_part("b/other", upload_id, 1, a.token)  # not this key's upload
+    with pytest.raises(InvalidPart):
+        await backend.complete_multipart(KEY, upload_id, [PartRef(1, token=b.token)])
+    # Without a token, the latest attempt that is left.
+    await backend.complete_multipart(KEY, upload_id, [PartRef(1), PartRef(2, 1, c.token)])
+    assert await fetch(backend, KEY) == b"attempt a!"
+    await backend.delete_part(KEY, upload_id, 1, a.token)  # completed: still not an error
+    assert harness.residue() == []
+
+
+async def test_copy_part_makes_an_attempt_too(backend: Backend) -> None:
+    await backend.put("b/1/src", body(b"0123456789"))
+    upload_id = await backend.create_multipart(KEY)
+    copied = await backend.copy_part(KEY, upload_id, 1, "b/1/src", ByteRange(2, 5))
+    put = await backend.put_part(KEY, upload_id, 1, body(b"put"))
+    assert (copied.part_number, copied.size) == (1, 3) and copied.token != put.token
+    await backend.complete_multipart(KEY, upload_id, [PartRef(1, 3, copied.token)])
+    assert await fetch(backend, KEY) == b"234"
+
+
+@pytest.mark.parametrize("end", ["complete", "abort"])
+async def test_part_upload_after_the_end_keeps_nothing(harness: Harness, end: str) -> None:
+    backend = harness.backend
+    await backend.put("b/1/src", body(b"source"))
+    upload_id = await backend.create_multipart(KEY)
+    one = await backend.put_part(KEY, upload_id, 1, body(b"one"))
+    if end == "complete":
+        await backend.complete_multipart(KEY, upload_id, [PartRef(1, 3, one.token)])
+    else:
+        await backend.abort_multipart(KEY, upload_id)
+    for number in (1, 2):
+        with pytest.raises(UploadNotFound):
+            await backend.put_part(KEY, upload_id, number, body(b"late"))
+        with pytest.raises(UploadNotFound):
+            await backend.put_part(KEY, upload_id, number, body(pattern(MiB), pattern(MiB)))
+        with pytest.raises(UploadNotFound):
+            await backend.copy_part(KEY, upload_id, number, "b/1/src")
+    assert harness.leftovers() == []
+    assert harness.residue() == []
+    if end == "complete":
+        assert await fetch(backend, KEY) == b"one"
+
+
+async def ending_body(
+    backend: Backend, upload_id: str, finish: PartRef | None, size: int
+) -> AsyncIterator[bytes]:
+    """Two chunks, then the upload completes with ``finish`` (or is aborted), then one more."""
+    yield pattern(size, seed=1)
+    yield pattern(size, seed=2)  # for a large body: the first chunk is on disk now
+    if finish is not None:
+        await backend.complete_multipart(KEY, upload_id, [finish])
+    else:
+        await backend.abort_multipart(KEY, upload_id)
+    yield pattern(size, seed=3)
+
+
+@pytest.mark.parametrize("size", [10, MiB + 10], ids=["small", "large"])
+@pytest.mark.parametrize("end", ["complete", "abort"])
+async def test_upload_ending_while_a_part_streams_in(
+    harness: Harness, size: int, end: str
+) -> None:
+    """The upload is checked before the body is read; it ends before the part is stored."""
+    backend = harness.backend
+    upload_id = await backend.create_multipart(KEY)
+    one = await backend.put_part(KEY, upload_id, 1, body(b"one"))
+    finish = PartRef(1, 3, one.token) if end == "complete" else None
+    with pytest.raises(UploadNotFound):
+        await backend.put_part(KEY, upload_id, 1, ending_body(backend, upload_id, finish, size))
+    assert harness.leftovers() == []
+    assert harness.residue() == []
+    if end == "complete":
+        assert await fetch(backend, KEY) == b"one"
+
+
+#: Head starts in a race: so many checkpoints (an int), or so many seconds (a float).
+DELAYS = [0, 1, 2, 3, 5, 0.0005, 0.001, 0.003]
+
+
+def delays(i: int) -> tuple[float, float]:
+    """A different pair of head starts for each round ``i`` (the first 64 rounds)."""
+    return DELAYS[i % len(DELAYS)], DELAYS[i // len(DELAYS) % len(DELAYS)]
+
+
+async def race(first: Callable[[], Awaitable[object]], first_delay: float,
+               second: Callable[[], Awaitable[object]], second_delay: float) -> list[object]:
+    """Run both at once, each after its head start; what they returned or raised."""
+    outcomes: list[object] = [None, None]
+
+    async def run(index: int, call: Callable[[], Awaitable[object]], delay: float) -> None:
+        if isinstance(delay, float):
+            await anyio.sleep(delay)
+        for _ in range(delay if isinstance(delay, int) else 0):
+            await anyio.lowlevel.checkpoint()
+        try:
+            outcomes[index] = await call()
+        except StorageError as exc:
+            outcomes[index] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, 0, first, first_delay)
+        tg.start_soon(run, 1, second, second_delay)
+    return outcomes
+
+
+@pytest.mark.parametrize("with_tokens", [True, False], ids=["tokens", "latest"])
+async def test_part_upload_racing_completion_never_tears_the_blob(
+    harness: Harness, with_tokens: bool
+) -> None:
+    """Parts of equal size, so only the bytes could tell a late attempt that slipped in."""
+    backend = harness.backend
+    size = 2000
+    seen: set[str] = set()
+    for i in range(64):
+        key = f"b/4/race-{i}"
+        parts = [pattern(size, seed=100 * i + n) for n in range(3)]
+        late = pattern(size if i % 3 else MiB + 1, seed=100 * i + 99)
+        upload_id = await backend.create_multipart(key)
+        infos = [await backend.put_part(key, upload_id, n, body(data))
+                 for n, data in enumerate(parts, start=1)]
+        refs = [PartRef(info.part_number, info.size, info.token) if with_tokens
+                else PartRef(info.part_number) for info in infos]
+        put_delay, complete_delay = delays(i)
+        put, done = await race(
+            partial(backend.put_part, key, upload_id, 2, body(*split(late, [MiB // 2]))),
+            put_delay, partial(backend.complete_multipart, key, upload_id, refs), complete_delay)
+        assert isinstance(put, PartInfo | UploadNotFound), put
+        assert isinstance(done, BlobInfo), done
+        seen.add(type(put).__name__)
+        got = await fetch(backend, key)
+        if with_tokens or got != b"".join(parts):
+            # Without tokens the late attempt may have been the latest when the upload completed.
+            assert got == b"".join(parts) if with_tokens else parts[0] + late + parts[2]
+        assert harness.leftovers() == []
+        assert harness.residue() == []
+    assert seen == {"PartInfo", "UploadNotFound"}  # both sides of the race were run
+
+
+async def test_part_upload_racing_abort_leaves_nothing(harness: Harness) -> None:
+    backend = harness.backend
+    seen: set[str] = set()
+    for i in range(0, 64, 3):
+        upload_id = await backend.create_multipart(KEY)
+        await backend.put_part(KEY, upload_id, 1, body(b"one"))
+        put_delay, abort_delay = delays(i)
+        put, _ = await race(partial(backend.put_part, KEY, upload_id, 2, body(b"late")), put_delay,
+                            partial(backend.abort_multipart, KEY, upload_id), abort_delay)
+        seen.add(type(put).__name__)
+        assert harness.leftovers() == []
+        assert harness.residue() == []
+    assert seen == {"PartInfo", "UploadNotFound"}

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
 
-from gateway.s3.handlers import buckets, listing, objects
+from gateway.s3.handlers import buckets, listing, multipart, objects
 from gateway.s3.request import S3Request
 from gateway.s3.routing import Op
 
@@ -27,4 +27,11 @@ HANDLERS: dict[Op, Handler] = {
     Op.DELETE_OBJECT: objects.delete_object,
     Op.DELETE_OBJECTS: objects.delete_objects,
     Op.COPY_OBJECT: objects.copy_object,
+    Op.CREATE_MULTIPART_UPLOAD: multipart.create_multipart_upload,
+    Op.UPLOAD_PART: multipart.upload_part,
+    Op.UPLOAD_PART_COPY: multipart.upload_part_copy,
+    Op.COMPLETE_MULTIPART_UPLOAD: multipart.complete_multipart_upload,
+    Op.ABORT_MULTIPART_UPLOAD: multipart.abort_multipart_upload,
+    Op.LIST_PARTS: multipart.list_parts,
+    Op.LIST_MULTIPART_UPLOADS: multipart.list_multipart_uploads,
 }

@@ -38,11 +38,16 @@ _OVERRIDES = {
 }
 
 
+def checksum_type(value: str) -> str:
+    """A multipart COMPOSITE checksum carries its part count: ``<base64>-<N>``."""
+    return "COMPOSITE" if "-" in value else "FULL_OBJECT"
+
+
 def _checksum_headers(record: ObjectRecord) -> dict[str, str]:
     if not record.checksum_algorithm or not record.checksum_value:
         return {}
     return {f"x-amz-checksum-{record.checksum_algorithm.lower()}": record.checksum_value,
-            "x-amz-checksum-type": "FULL_OBJECT"}
+            "x-amz-checksum-type": checksum_type(record.checksum_value)}
 
 
 def _write_headers(record: ObjectRecord) -> dict[str, str]:
@@ -73,6 +78,8 @@ def _read_headers(req: S3Request, read: ObjectRead) -> dict[str, str]:
         headers[f"x-amz-meta-{name}"] = value
     if rec.storage_class != "STANDARD":
         headers["x-amz-storage-class"] = rec.storage_class
+    if rec.parts_count and "partNumber" in req.query:
+        headers["x-amz-mp-parts-count"] = str(rec.parts_count)
     if (read.byte_range is None and req.headers.get("x-amz-checksum-mode", "").upper()
             == "ENABLED"):
         headers.update(_checksum_headers(rec))
@@ -88,15 +95,29 @@ def _read_headers(req: S3Request, read: ObjectRead) -> dict[str, str]:
     return headers
 
 
+def int_param(req: S3Request, name: str, default: int | None = None) -> int | None:
+    raw = req.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise errors.InvalidArgument(f"{name} must be an integer", name=name,
+                                     value=raw) from None
+
+
 async def _open(req: S3Request, *, head: bool) -> ObjectRead:
-    if "partNumber" in req.query:
-        raise errors.NotImplemented_("partNumber reads arrive with multipart uploads.")
+    part_number = int_param(req, "partNumber")
+    if part_number is not None and not 1 <= part_number <= 10_000:
+        raise errors.InvalidArgument("Part number must be an integer between 1 and 10000, "
+                                     "inclusive", name="partNumber", value=str(part_number))
     return await req.gateway.objects.open(
         req.principal, req.bucket, req.key,
         version_id=req.query.get("versionId"),
         range_spec=parse_range(req.headers.get("range")),
         conditions=read_conditions(req.headers),
         head=head,
+        part_number=part_number,
     )
 
 
