@@ -1,7 +1,9 @@
 """`make bench`: every measurement, one after the other."""
 
-from benchmarks import large_object_rss, small_objects
+from benchmarks import large_object_rss, multipart_upload, small_objects
 
 small_objects.main([])
 print()
 large_object_rss.main([])
+print()
+multipart_upload.main([])
