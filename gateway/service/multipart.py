@@ -207,6 +207,10 @@ class MultipartService:
                                        copy_source=True)
         reader = read.reader
         assert reader is not None
+        if src_range is not None and (src_range.last or 0) >= read.record.size:
+            await reader.aclose()
+            # Unlike a GET, a copy range is never clipped to the object.
+            raise errors.InvalidRange(read.record.size)
         length = read.byte_range.length if read.byte_range is not None else read.record.size
         if length > MAX_PART_SIZE:
             await reader.aclose()
@@ -360,7 +364,9 @@ class MultipartService:
     async def abort(self, principal: Principal, bucket_name: str, key: str,
                     upload_id: str) -> None:
         upload = await self.get_upload(principal, bucket_name, key, upload_id)
-        await self._abort(upload)
+        if not await self._abort(upload):
+            # Completed (or aborted) between the lookup and the abort: it is gone.
+            raise errors.NoSuchUpload(fields={"UploadId": upload_id})
 
     async def _abort(self, upload: UploadRecord) -> bool:
         async with shielded():

@@ -56,7 +56,9 @@ class VerifiedBody(Protocol):
 class ObjectRead:
     record: ObjectRecord
     byte_range: ByteRange | None
-    reader: BlobReader | None  # None for HEAD
+    reader: BlobReader | None  # None for HEAD, and for an empty part
+    #: An empty part was asked for (``?partNumber=N`` of a zero-length last part).
+    empty_part: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +335,8 @@ class ObjectService:
                 check_read(conditions, obj.etag, obj.last_modified)
             if part_number is not None:
                 byte_range = await self._part_range(obj, part_number)
+                if byte_range is None and obj.size:
+                    return ObjectRead(obj, None, None, empty_part=True)
             else:
                 byte_range = resolve_range(range_spec, obj.size)
             if head:

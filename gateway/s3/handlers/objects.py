@@ -90,6 +90,8 @@ def _read_headers(req: S3Request, read: ObjectRead) -> dict[str, str]:
         r = read.byte_range
         headers["Content-Range"] = f"bytes {r.start}-{r.end - 1}/{rec.size}"
         headers["Content-Length"] = str(r.length)
+    elif read.empty_part:
+        headers["Content-Length"] = "0"
     else:
         headers["Content-Length"] = str(rec.size)
     return headers
@@ -121,18 +123,23 @@ async def _open(req: S3Request, *, head: bool) -> ObjectRead:
     )
 
 
+def _status(read: ObjectRead) -> int:
+    return 206 if read.byte_range is not None or read.empty_part else 200
+
+
 async def head_object(req: S3Request) -> Response:
     read = await _open(req, head=True)
-    status = 206 if read.byte_range is not None else 200
+    status = _status(read)
     return Response(status_code=status, headers=_read_headers(req, read))
 
 
 async def get_object(req: S3Request) -> Response:
     read = await _open(req, head=False)
-    assert read.reader is not None
-    reader = read.reader
     headers = _read_headers(req, read)
-    status = 206 if read.byte_range is not None else 200
+    status = _status(read)
+    if read.reader is None:
+        return Response(b"", status_code=status, headers=headers)
+    reader = read.reader
     if reader.content_length <= SMALL_BODY:
         try:
             data = b"".join([chunk async for chunk in reader])
