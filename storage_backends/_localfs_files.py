@@ -281,7 +281,8 @@ class Tokens:
 
     Hex strings of one length sort like the times they start with, so the attempt of a part
     stored last has the greatest token: what completing without tokens chooses. Tokens this
-    instance makes strictly increase, even when the clock stands still or steps back.
+    instance makes strictly increase, even when the clock stands still or steps back; across
+    instances (processes) they are ordered by the clock.
     """
 
     def __init__(self) -> None:
@@ -295,39 +296,57 @@ class Tokens:
         return f"{now:016x}{secrets.token_hex(8)}"
 
 
-def lock_upload(updir: str, upload_id: str, *, exclusive: bool) -> int:
-    """Open the upload directory and ``flock`` it; the caller closes the descriptor.
+class UploadLock:
+    """An upload ``flock``'ed through its key file, and its directory, open; a context
+    manager that yields the directory's descriptor and lets go of both on exit.
 
     Installing or deleting an attempt holds the lock shared; completing and aborting, which
-    move the directory away, hold it exclusively. So once the directory is still at
-    ``updir`` under the lock, it stays there until the lock is released, and an attempt
-    renamed into it by descriptor either lands before a completion chooses, or not at all.
+    move the directory away, hold it exclusively. So an upload still at ``updir`` under the
+    lock stays there until the lock is released, and an attempt renamed into it either lands
+    before a completion chooses, or not at all. The key file, not the directory, carries the
+    lock: the directory becomes a blob's segments, whose lock belongs to their readers.
+
+    Raises ``UploadNotFound`` if the upload is gone, or goes while we wait for the lock.
     """
+
+    def __init__(self, updir: str, upload_id: str, *, exclusive: bool) -> None:
+        key_path = os.path.join(updir, "key")
+        with _upload_errors(upload_id):
+            self._key_fd = os.open(key_path, READ_FLAGS)
+        try:
+            fcntl.flock(self._key_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            if not same_file(key_path, self._key_fd):  # completed or aborted meanwhile
+                raise UploadNotFound(upload_id)
+            with _upload_errors(upload_id):
+                self.dir_fd = os.open(updir, DIR_FLAGS)
+        except BaseException:
+            os.close(self._key_fd)
+            raise
+
+    def __enter__(self) -> int:
+        return self.dir_fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Close both descriptors, which drops the lock; idempotent."""
+        fds, self.dir_fd, self._key_fd = (self.dir_fd, self._key_fd), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+
+@contextmanager
+def _upload_errors(upload_id: str) -> Iterator[None]:
     try:
-        fd = os.open(updir, DIR_FLAGS)
+        yield
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UploadNotFound(upload_id) from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a link planted there
             raise UploadNotFound(upload_id) from exc
         raise
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        if not same_file(updir, fd):  # completed or aborted while we waited
-            raise UploadNotFound(upload_id)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-@contextmanager
-def locked_upload(updir: str, upload_id: str, *, exclusive: bool) -> Iterator[int]:
-    fd = lock_upload(updir, upload_id, exclusive=exclusive)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def install_attempt(updir: str, upload_id: str, name: str, staged: str) -> None:
@@ -335,9 +354,9 @@ def install_attempt(updir: str, upload_id: str, name: str, staged: str) -> None:
 
     Raises ``UploadNotFound`` (leaving ``staged`` to its owner) if the upload is gone.
     """
-    with locked_upload(updir, upload_id, exclusive=False) as fd:
-        os.rename(staged, name, dst_dir_fd=fd)
-        os.fsync(fd)
+    with UploadLock(updir, upload_id, exclusive=False) as dir_fd:
+        os.rename(staged, name, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
 
 
 def check_upload(key: str, upload_id: str, updir: str) -> None:

@@ -20,10 +20,12 @@ manifest; a new segmented blob replaces the manifest, then drops any whole file.
 holds an open descriptor (for segments: the segment directory, with a shared ``flock`` that
 deletion waits for), so an overwrite or a delete never tears a read in progress.
 
-An upload directory is ``flock``'ed too: shared while an attempt is renamed into it (by
-descriptor) or deleted, exclusively while a completion chooses attempts and moves it into
-the blob tree, or an abort retires it. So an attempt that races a completion lands before
-the choice, or fails with ``UploadNotFound`` and leaves nothing behind.
+Every part upload stores a new attempt under a new token; completing moves the chosen
+attempts (by token, or the latest of each part) into the blob tree and unlinks the rest.
+An upload is ``flock``'ed through its key file (see ``UploadLock``): shared while an attempt
+is renamed into it or deleted, exclusively while a completion chooses and moves it, or an
+abort retires it. So an attempt that races a completion lands before the choice, or fails
+with ``UploadNotFound`` and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from storage_backends._localfs_files import (
     UPLOAD_ID,
     Manifest,
     Tokens,
+    UploadLock,
     attempt_name,
     check_upload,
     choose_attempts,
@@ -61,8 +64,6 @@ from storage_backends._localfs_files import (
     install_attempt,
     keep_only,
     link_pieces,
-    lock_upload,
-    locked_upload,
     open_segmented,
     os_errors,
     purge_retired,
@@ -271,10 +272,9 @@ class LocalFSBackend:
             return
 
         def abort() -> None:
-            with suppress(UploadNotFound), locked_upload(updir, upload_id, exclusive=True):
+            with suppress(UploadNotFound), UploadLock(updir, upload_id, exclusive=True):
                 check_upload(key, upload_id, updir)
-                self._retire(updir, purge=False)  # not while we hold its lock
-            purge_retired(self._retired)
+                self._retire(updir)
 
         with os_errors(key, writing=True):
             await to_thread.run_sync(abort)
@@ -289,7 +289,7 @@ class LocalFSBackend:
             return  # not a token this backend makes: no attempt has it
 
         def delete_part() -> None:
-            with suppress(UploadNotFound), locked_upload(updir, upload_id, exclusive=False) as fd:
+            with suppress(UploadNotFound), UploadLock(updir, upload_id, exclusive=False) as fd:
                 check_upload(key, upload_id, updir)
                 with suppress(FileNotFoundError):
                     os.unlink(attempt_name(part_number, token), dir_fd=fd)
@@ -501,30 +501,27 @@ class LocalFSBackend:
         segdir = os.path.join(os.path.dirname(path), segments)
         self._check_parents(key)
         try:
-            fd = lock_upload(updir, upload_id, exclusive=True)
+            lock = UploadLock(updir, upload_id, exclusive=True)
         except UploadNotFound:
             # Completed before (perhaps cut short by a crash): completing again is safe.
             check_upload(key, upload_id, segdir)
             chosen = choose_completed(segdir, parts)
         else:
-            try:
+            with lock as dir_fd:
                 check_upload(key, upload_id, updir)
                 chosen = choose_attempts(updir, parts)
-                keep_only(fd, chosen)
+                keep_only(dir_fd, chosen)
                 self._replace(key, updir, segdir)  # the parts become segments: no byte copied
                 fsync_dir(self._uploads)
-            finally:
-                os.close(fd)
         return self._install_segmented(key, Manifest(segments, chosen))
 
-    def _retire(self, path: str, *, purge: bool = True) -> None:
+    def _retire(self, path: str) -> None:
         """Move a directory out of sight at once; delete it unless a reader still holds it."""
         try:
             os.rename(path, os.path.join(self._retired, secrets.token_hex(16)))
         except FileNotFoundError:
             return
-        if purge:
-            purge_retired(self._retired)
+        purge_retired(self._retired)
 
     # -- reading ---------------------------------------------------------------------------
 

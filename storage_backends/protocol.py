@@ -54,7 +54,7 @@ class PartInfo:
     """One stored attempt of a part.
 
     ``token`` names exactly the bytes this ``put_part`` or ``copy_part`` call stored; it is
-    opaque to callers (the local backend makes a random hex string, an S3 upstream would use
+    opaque to callers (the local backend makes a hex string, an S3 upstream would use
     the upstream part's ETag). Uploading the same part number again stores another attempt
     with another token; the earlier attempt stays until it is deleted (``delete_part``) or
     the upload completes or is aborted.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -27,18 +28,21 @@ from storage_backends import (
     ByteRange,
     InsufficientStorage,
     InvalidBlobKey,
+    InvalidPart,
     NotSupported,
     PartRef,
     StorageError,
+    UploadNotFound,
 )
 from storage_backends._keys import validate_blob_key
+from storage_backends._localfs_files import UploadLock
 from storage_backends._streams import locate, rechunk
 from storage_backends.localfs import LocalFSBackend
 from storage_backends.memory import MemoryBackend
 from storage_backends.registry import open_backend
 
 from . import Boom, MiB, body, failing_body, fetch, multipart, pattern, split
-from .conftest import staging_files
+from .conftest import residue, staging_files
 
 KEY = "b/7/ab/abcdef"
 REPO = Path(__file__).resolve().parents[2]
@@ -67,20 +71,30 @@ async def test_layout(fs: LocalFSBackend) -> None:
     assert (fs.root / "tmp" / fs.instance_id).is_dir()
 
     upload_id = await fs.create_multipart("b/7/ab/mp")
-    assert len(upload_id) == 32 and (fs.root / "uploads" / upload_id).is_dir()
-    await fs.put_part("b/7/ab/mp", upload_id, 2, body(b"two"))
-    await fs.put_part("b/7/ab/mp", upload_id, 1, body(b"one"))
+    updir = fs.root / "uploads" / upload_id
+    assert len(upload_id) == 32 and updir.is_dir()
+    two = await fs.put_part("b/7/ab/mp", upload_id, 2, body(b"two"))
+    one = await fs.put_part("b/7/ab/mp", upload_id, 1, body(b"one"))
+    again = await fs.put_part("b/7/ab/mp", upload_id, 1, body(b"ONE"))
     await fs.put_part("b/7/ab/mp", upload_id, 3, body(b"unused"))
-    assert (fs.root / "uploads" / upload_id / "00002").read_bytes() == b"two"
-    await fs.complete_multipart("b/7/ab/mp", upload_id, [PartRef(1), PartRef(2)])
-    assert not (fs.root / "uploads" / upload_id).exists()
+    assert all(re.fullmatch("[0-9a-f]{32}", p.token) for p in (one, two, again))
+    assert (updir / f"00002.{two.token}").read_bytes() == b"two"
+    assert (updir / f"00001.{one.token}").read_bytes() == b"one"  # attempts coexist
+    assert (updir / f"00001.{again.token}").read_bytes() == b"ONE"
+    assert len(os.listdir(updir)) == 5
+    await fs.complete_multipart("b/7/ab/mp", upload_id, [PartRef(1, 3, one.token), PartRef(2)])
+    assert not updir.exists()
 
     parent = fs.root / "blobs" / "b/7/ab"
     manifest = json.loads((parent / "mp@manifest").read_text())
-    assert manifest["size"] == 6 and manifest["parts"] == [[1, 3], [2, 3]]
+    assert manifest["version"] == 2
+    assert manifest["size"] == 6 and manifest["parts"] == [[1, 3, one.token], [2, 3, two.token]]
+    assert manifest["segments"] == f"mp@seg-{upload_id}"
     segments = parent / manifest["segments"]
-    assert sorted(p.name for p in segments.iterdir()) == ["00001", "00002", "key"]
+    names = sorted(p.name for p in segments.iterdir())
+    assert names == [f"00001.{one.token}", f"00002.{two.token}", "key"]
     assert not (parent / "mp").exists()
+    assert await fetch(fs, "b/7/ab/mp") == b"onetwo"
     assert staging_files(fs.root) == []
 
 
@@ -114,11 +128,12 @@ async def test_copy_hard_links_blobs_and_segments(fs: LocalFSBackend) -> None:
 
     await multipart(fs, "b/8/mp", [b"a", b"b"])
     await fs.copy("b/8/mp", "b/8/mp2")
-    one = json.loads((fs.root / "blobs/b/8/mp@manifest").read_text())["segments"]
-    two = json.loads((fs.root / "blobs/b/8/mp2@manifest").read_text())["segments"]
-    assert one != two
-    first = fs.root / "blobs/b/8" / one / "00001"
-    assert first.stat().st_ino == (fs.root / "blobs/b/8" / two / "00001").stat().st_ino
+    one = json.loads((fs.root / "blobs/b/8/mp@manifest").read_text())
+    two = json.loads((fs.root / "blobs/b/8/mp2@manifest").read_text())
+    assert one["segments"] != two["segments"] and one["parts"] == two["parts"]
+    name = f"00001.{one['parts'][0][2]}"
+    first = fs.root / "blobs/b/8" / one["segments"] / name
+    assert first.stat().st_ino == (fs.root / "blobs/b/8" / two["segments"] / name).stat().st_ino
 
 
 async def test_copy_falls_back_to_streaming_when_links_fail(
@@ -266,22 +281,164 @@ async def test_complete_interrupted_by_a_crash_can_be_repeated(
     fs: LocalFSBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     upload_id = await fs.create_multipart(KEY)
-    await fs.put_part(KEY, upload_id, 1, body(b"one"))
-    await fs.put_part(KEY, upload_id, 2, body(b"two"))
+    old = await fs.put_part(KEY, upload_id, 1, body(b"old"))
+    one = await fs.put_part(KEY, upload_id, 1, body(b"one"))
+    two = await fs.put_part(KEY, upload_id, 2, body(b"two"))
+    three = await fs.put_part(KEY, upload_id, 3, body(b"three"))
+    refs = [PartRef(1, 3, one.token), PartRef(2, 3, two.token)]
 
     def crash(*args: Any) -> None:
         raise OSError(errno.EIO, "power went out")
 
     monkeypatch.setattr(fs, "_install_segmented", crash)
     with pytest.raises(BackendUnavailable):
-        await fs.complete_multipart(KEY, upload_id, [PartRef(1), PartRef(2)])
+        await fs.complete_multipart(KEY, upload_id, refs)
     monkeypatch.undo()
     with pytest.raises(BlobNotFound):
         await fs.head(KEY)
-    info = await fs.complete_multipart(KEY, upload_id, [PartRef(1), PartRef(2)])
+    # Completing again names the same attempts; others are no longer there to choose.
+    for wrong in ([PartRef(1, 3, old.token), refs[1]], [*refs, PartRef(3, 5, three.token)],
+                  [refs[0]]):
+        with pytest.raises(InvalidPart):
+            await fs.complete_multipart(KEY, upload_id, wrong)
+    info = await fs.complete_multipart(KEY, upload_id, refs)
     assert info.size == 6 and await fetch(fs, KEY) == b"onetwo"
-    again = await fs.complete_multipart(KEY, upload_id, [PartRef(1), PartRef(2)])
-    assert again.size == 6
+    again = await fs.complete_multipart(KEY, upload_id, [PartRef(1), PartRef(2)])  # latest
+    assert again.size == 6 and await fetch(fs, KEY) == b"onetwo"
+    assert residue(fs.root) == []
+
+
+def files_under(root: Path) -> list[str]:
+    """Every file under ``root`` but instances' lock files."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and not p.name.endswith(".lock"))
+
+
+@pytest.mark.parametrize("end", ["complete", "abort"])
+async def test_late_part_upload_leaves_nothing_on_disk(fs: LocalFSBackend, end: str) -> None:
+    await fs.put("b/7/src", body(b"source"))
+    upload_id = await fs.create_multipart(KEY)
+    await fs.put_part(KEY, upload_id, 1, body(b"one"))
+    if end == "complete":
+        await fs.complete_multipart(KEY, upload_id, [PartRef(1)])
+    else:
+        await fs.abort_multipart(KEY, upload_id)
+    before = files_under(fs.root)
+    with pytest.raises(UploadNotFound):
+        await fs.put_part(KEY, upload_id, 1, body(b"late"))
+    with pytest.raises(UploadNotFound):
+        await fs.put_part(KEY, upload_id, 2, body(pattern(MiB), pattern(MiB)))
+    with pytest.raises(UploadNotFound):
+        await fs.copy_part(KEY, upload_id, 2, "b/7/src")
+    await fs.delete_part(KEY, upload_id, 1, "0" * 32)
+    assert files_under(fs.root) == before
+    expected = ["blobs/b/7/src"]
+    if end == "complete":
+        segments = f"blobs/{KEY}@seg-{upload_id}"
+        expected += [f"blobs/{KEY}@manifest", f"{segments}/key",
+                     *(f"{segments}/{name}" for name in os.listdir(fs.root / segments)
+                       if name.startswith("00001."))]
+    assert before == sorted(expected)
+
+
+async def test_completion_waits_for_a_part_being_installed(fs: LocalFSBackend) -> None:
+    """A part installs under a shared lock of its upload; completing takes it exclusively."""
+    upload_id = await fs.create_multipart(KEY)
+    await fs.put_part(KEY, upload_id, 1, body(b"one"))
+    updir = fs.root / "uploads" / upload_id
+    lock = UploadLock(str(updir), upload_id, exclusive=False)  # a part upload's last step
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fs.complete_multipart, KEY, upload_id, [PartRef(1)])
+        try:  # the completion's thread waits for the lock: release it whatever happens
+            await anyio.sleep(0.2)
+            assert updir.is_dir()  # not chosen nor moved while the part goes in
+            # The part that was going in lands, as the latest attempt.
+            (updir / ("00001." + "f" * 32)).write_bytes(b"ONE")
+        finally:
+            lock.release()
+    assert await fetch(fs, KEY) == b"ONE"
+
+
+async def test_part_waiting_for_a_completion_keeps_nothing(fs: LocalFSBackend) -> None:
+    """The window the lock closes: the upload moves away while a part waits to go in."""
+    upload_id = await fs.create_multipart(KEY)
+    await fs.put_part(KEY, upload_id, 1, body(b"one"))
+    updir = str(fs.root / "uploads" / upload_id)
+    moved = fs.root / "moved"
+    lock = UploadLock(updir, upload_id, exclusive=True)  # a completion, choosing
+    failed = anyio.Event()
+
+    async def late() -> None:
+        with pytest.raises(UploadNotFound):
+            await fs.put_part(KEY, upload_id, 1, body(b"late"))
+        failed.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(late)
+        try:  # the part's thread waits for the lock: release it whatever happens
+            await anyio.sleep(0.2)
+            assert not failed.is_set()  # waiting for the lock, its bytes staged
+            assert len(staging_files(fs.root)) == 1
+            os.rename(updir, moved)  # ...which then moves the upload into the blob tree
+        finally:
+            lock.release()
+        with anyio.fail_after(5):
+            await failed.wait()
+    names = sorted(os.listdir(moved))  # the key and the attempt of before: nothing late
+    assert len(names) == 2 and names[1] == "key" and names[0].startswith("00001.")
+    assert (moved / names[0]).read_bytes() == b"one"
+    assert staging_files(fs.root) == []
+
+
+async def test_blobs_and_uploads_from_before_part_tokens(fs: LocalFSBackend) -> None:
+    """Version 1 manifests name segments <NNNNN>; uploads held parts under those names."""
+    parent = fs.root / "blobs" / "b" / "7"
+    segments = parent / ("old@seg-" + "a" * 32)
+    segments.mkdir(parents=True)
+    (segments / "key").write_bytes(b"b/7/old")
+    (segments / "00001").write_bytes(b"legacy ")
+    (segments / "00002").write_bytes(b"segments")
+    doc = {"version": 1, "segments": segments.name, "size": 15, "parts": [[1, 7], [2, 8]]}
+    (parent / "old@manifest").write_text(json.dumps(doc))
+    assert await fetch(fs, "b/7/old") == b"legacy segments"
+    assert await fetch(fs, "b/7/old", ByteRange(5, 9)) == b"y se"
+    await fs.copy("b/7/old", "b/7/copy")
+    assert await fetch(fs, "b/7/copy") == b"legacy segments"
+    assert {i.key: i.size async for i in fs.list("b/7/")} == {"b/7/old": 15, "b/7/copy": 15}
+
+    upload_id = await fs.create_multipart(KEY)
+    updir = fs.root / "uploads" / upload_id
+    (updir / "00001").write_bytes(b"stored before tokens ")
+    (updir / "00002").write_bytes(b"superseded")
+    await fs.put_part(KEY, upload_id, 2, body(b"and after"))
+    await fs.complete_multipart(KEY, upload_id, [PartRef(1, 21), PartRef(2)])
+    assert await fetch(fs, KEY) == b"stored before tokens and after"
+    assert residue(fs.root) == []
+
+
+async def test_tokens_never_reach_a_path(fs: LocalFSBackend, tmp_path: Path) -> None:
+    victim = fs.root / "uploads" / "victim"
+    victim.write_bytes(b"not an attempt")
+    upload_id = await fs.create_multipart(KEY)
+    part = await fs.put_part(KEY, upload_id, 1, body(b"one"))
+    for token in ["../victim", "/etc/passwd", "0" * 31 + "/", "0" * 32 + "/../../victim",
+                  part.token.upper(), part.token + "0"]:
+        await fs.delete_part(KEY, upload_id, 1, token)
+        with pytest.raises(InvalidPart):
+            await fs.complete_multipart(KEY, upload_id, [PartRef(1, token=token)])
+    assert victim.read_bytes() == b"not an attempt"
+    await fs.complete_multipart(KEY, upload_id, [PartRef(1, 3, part.token)])
+
+
+async def test_part_tokens_increase(fs: LocalFSBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Completing without tokens takes the greatest: the attempt stored last, even when the
+    clock stands still."""
+    monkeypatch.setattr("time.time_ns", lambda: 1_700_000_000_000_000_000)
+    upload_id = await fs.create_multipart(KEY)
+    tokens = [(await fs.put_part(KEY, upload_id, 1, body(b"%d" % i))).token for i in range(20)]
+    assert tokens == sorted(tokens) and len(set(tokens)) == 20
+    await fs.complete_multipart(KEY, upload_id, [PartRef(1)])
+    assert await fetch(fs, KEY) == b"19"
 
 
 async def test_segmented_blob_survives_reopening(tmp_path: Path) -> None:
