@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +56,34 @@ def bucket(s3: Any) -> Iterator[str]:
 @pytest.fixture
 def data_path(gateway: GatewayProcess) -> Path:
     return gateway.data_dir
+
+
+AWS_CLI = Path(sys.executable).parent / "aws"
+
+
+@pytest.fixture
+def aws(gateway: GatewayProcess, tmp_path: Path) -> Any:
+    """Run aws-cli against the gateway with its default settings (empty config files)."""
+    config = tmp_path / "aws-config"
+    credentials = tmp_path / "aws-credentials"
+    config.write_text("")
+    credentials.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({
+        "AWS_ACCESS_KEY_ID": gateway.access_key,
+        "AWS_SECRET_ACCESS_KEY": gateway.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_PAGER": "",
+    })
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(AWS_CLI), "--endpoint-url", gateway.url, *args],
+            env=env, capture_output=True, text=True, timeout=300, check=False)
+        if check:
+            assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result
+
+    return run

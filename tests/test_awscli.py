@@ -6,45 +6,12 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests._server import GatewayProcess
-
-AWS = Path(sys.executable).parent / "aws"
-
-
-@pytest.fixture
-def aws(gateway: GatewayProcess, tmp_path: Path) -> Any:
-    config = tmp_path / "aws-config"
-    credentials = tmp_path / "aws-credentials"
-    config.write_text("")
-    credentials.write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({
-        "AWS_ACCESS_KEY_ID": gateway.access_key,
-        "AWS_SECRET_ACCESS_KEY": gateway.secret_key,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(config),
-        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
-        "AWS_PAGER": "",
-    })
-
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(AWS), "--endpoint-url", gateway.url, *args],
-            env=env, capture_output=True, text=True, timeout=120, check=False)
-        if check:
-            assert result.returncode == 0, (args, result.stdout, result.stderr)
-        return result
-
-    return run
 
 
 @pytest.fixture
