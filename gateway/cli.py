@@ -23,6 +23,7 @@ _HELP = {
     "root_secret_key": "the first admin's secret key",
     "log_level": "debug, info, warning, error",
     "gc_grace_seconds": "age before an unreferenced blob may be collected",
+    "cors_origins": "origins allowed cross-origin on every bucket (comma-separated)",
     "multipart_expiry": "age after which unfinished multipart uploads are aborted (7d)",
 }
 

@@ -114,6 +114,12 @@ InvalidStorageClass = _error("InvalidStorageClass", 400,
                              "The storage class you specified is not valid.")
 MissingSecurityHeader = _error("MissingSecurityHeader", 400,
                                "Your request was missing a required header.")
+InvalidPolicyDocument = _error("InvalidPolicyDocument", 400,
+                              "The content of the form does not meet the conditions "
+                              "specified in the policy document.")
+MalformedPOSTRequest = _error("MalformedPOSTRequest", 400,
+                              "The body of your POST request is not well-formed "
+                              "multipart/form-data.")
 InvalidEncodingType = _error("InvalidArgument", 400, "Invalid Encoding Method specified in Request")
 
 # -- 403 ---------------------------------------------------------------------------------
@@ -128,12 +134,20 @@ RequestTimeTooSkewed = _error(
     "RequestTimeTooSkewed", 403,
     "The difference between the request time and the server's time is too large.")
 
+CORSForbidden = _error(
+    "AccessForbidden", 403,
+    "CORSResponse: This CORS request is not allowed. This is usually because the evaluation "
+    "of Origin, request method / Access-Control-Request-Method or "
+    "Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.")
+
 # -- 404 / 405 / 409 / 411 / 412 -----------------------------------------------------------
 NoSuchBucket = _error("NoSuchBucket", 404, "The specified bucket does not exist")
 NoSuchKey = _error("NoSuchKey", 404, "The specified key does not exist.")
 NoSuchUpload = _error("NoSuchUpload", 404,
                       "The specified multipart upload does not exist. The upload ID may be "
                       "invalid, or the upload may have been aborted or completed.")
+NoSuchCORSConfiguration = _error("NoSuchCORSConfiguration", 404,
+                                 "The CORS configuration does not exist")
 NoSuchVersion = _error("NoSuchVersion", 404,
                        "The specified version does not exist.")
 MethodNotAllowed = _error("MethodNotAllowed", 405,

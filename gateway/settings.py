@@ -24,6 +24,9 @@ class Settings:
     log_level: str = "info"
     #: Seconds after which an unreferenced blob may be garbage-collected.
     gc_grace_seconds: int = 3600
+    #: Origins every bucket accepts cross-origin requests from (comma-separated), besides
+    #: the bucket's own CORS rules: for deployments serving a web app.
+    cors_origins: str = ""
     #: Age after which an unfinished multipart upload is aborted ("7d", "12h", "90m", "3600").
     multipart_expiry: str = "7d"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,14 @@ class Principal:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def is_anonymous(self) -> bool:
+        return self.role == "anonymous"
+
+
+#: Whoever sends a request without credentials.
+ANONYMOUS = Principal(user_id=0, name="anonymous", role="anonymous")
+
 
 @dataclass(frozen=True, slots=True)
 class BucketRecord:
@@ -28,6 +37,8 @@ class BucketRecord:
     owner_id: int
     region: str
     created_at: datetime
+    acl: str = "private"
+    cors: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +59,7 @@ class ObjectRecord:
     storage_class: str
     is_delete_marker: bool = False
     parts_count: int | None = None
+    acl: str = "private"
 
     @property
     def quoted_etag(self) -> str:
@@ -72,6 +84,7 @@ class UploadRecord:
     storage_class: str
     checksum_algorithm: str | None
     checksum_type: str | None
+    acl: str = "private"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +169,4 @@ class ObjectAttributes:
     user_metadata: dict[str, str] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     storage_class: str = "STANDARD"
+    acl: str = "private"

@@ -16,7 +16,7 @@ import hmac
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -371,16 +371,18 @@ def _utc(now: datetime | None) -> datetime:
 async def authenticate(request: RequestView, lookup_secret: SecretLookup, *,
                        now: datetime | None = None,
                        max_skew_seconds: int = 900) -> AuthContext | None:
-    """Verify the request's SigV4 signature.
+    """Verify the request's SigV4 signature (Authorization header or presigned URL).
 
-    Returns None when the request carries no credentials at all (anonymous); raises a
-    :class:`GatewayError` for anything else that does not verify.
+    SigV2 presigned URLs (``AWSAccessKeyId``/``Signature``/``Expires``) are verified by
+    :mod:`gateway.auth.sigv2` as path-style requests; SigV2 in the Authorization header is
+    refused. Mixing mechanisms is an InvalidArgument. Returns None when the request carries
+    no credentials at all (anonymous); raises a :class:`GatewayError` for anything else that
+    does not verify.
     """
     header_map = _header_map(request.headers)
     params = parse_query(request.query) if request.query else {}
-    query_auth = any(n in params for n in ("X-Amz-Algorithm", "X-Amz-Credential",
-                                           "X-Amz-Signature"))
-    sigv2_query = "AWSAccessKeyId" in params and "Signature" in params
+    query_auth = has_v4_query(params)
+    sigv2_query = has_v2_query(params)
     authorization = header_map.get("authorization")
     if authorization is not None:
         if query_auth or sigv2_query:
@@ -390,13 +392,31 @@ async def authenticate(request: RequestView, lookup_secret: SecretLookup, *,
                 "specified.", name="Authorization", value=authorization[0][:128])
         return await _authenticate_header(request, header_map, authorization[0],
                                           lookup_secret, _utc(now), max_skew_seconds)
+    if sigv2_query:
+        if query_auth:
+            raise InvalidArgument(
+                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter "
+                "or the Signature query string parameter should be specified.",
+                name="X-Amz-Algorithm", value=params.get("X-Amz-Algorithm", "")[:128])
+        # SigV2 presigned URLs (boto3's default): verified by sigv2. Callers that know a
+        # virtual-host bucket go through gateway.auth.authenticate_request instead.
+        from gateway.auth.sigv2 import authenticate_v2_query  # here: sigv2 imports this module
+        return await authenticate_v2_query(request, lookup_secret, now=now)
     if query_auth:
         return await _authenticate_presigned(request, header_map, params, lookup_secret,
                                              _utc(now), max_skew_seconds)
-    if sigv2_query:
-        raise InvalidRequest(_UNSUPPORTED_MECHANISM
-                             + " Signature Version 2 presigned URLs are not supported.")
     return None
+
+
+def has_v4_query(params: Mapping[str, str]) -> bool:
+    """True when the decoded query carries SigV4 presigned-URL credentials."""
+    return any(n in params for n in ("X-Amz-Algorithm", "X-Amz-Credential",
+                                     "X-Amz-Signature"))
+
+
+def has_v2_query(params: Mapping[str, str]) -> bool:
+    """True when the decoded query carries SigV2 query-string credentials."""
+    return "AWSAccessKeyId" in params or "Signature" in params
 
 
 def _request_date(header_map: dict[str, list[str]]) -> tuple[str, str, datetime]:

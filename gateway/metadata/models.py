@@ -96,6 +96,10 @@ buckets = Table(
     Column("owner_id", BigId, ForeignKey("users.id"), nullable=False, index=True),
     Column("region", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    #: Canned ACL: "private", "public-read", …
+    Column("acl", String(32), nullable=False, default="private", server_default="private"),
+    #: CORS rules (``gateway.s3.cors``), or NULL when none are configured.
+    Column("cors", JSON(), nullable=True),
 )
 
 objects = Table(
@@ -122,6 +126,7 @@ objects = Table(
     Column("owner_id", BigId, ForeignKey("users.id"), nullable=True),
     #: Completed multipart uploads: how many parts (their layout is in ``object_parts``).
     Column("parts_count", Integer(), nullable=True),
+    Column("acl", String(32), nullable=False, default="private", server_default="private"),
     UniqueConstraint("bucket_id", "key", "version_id", name="uq_objects_bucket_key_version"),
     Index("ix_objects_listing", "bucket_id", "is_latest", "key"),
     Index("ix_objects_blob_key", "blob_key"),
@@ -158,6 +163,7 @@ multipart_uploads = Table(
     Column("storage_class", String(32), nullable=False),
     Column("checksum_algorithm", String(16), nullable=True),
     Column("checksum_type", String(16), nullable=True),
+    Column("acl", String(32), nullable=False, default="private", server_default="private"),
     Index("ix_multipart_uploads_listing", "bucket_id", "key", "initiated_at"),
     Index("ix_multipart_uploads_initiated", "initiated_at"),
     Index("ix_multipart_uploads_blob_key", "blob_key"),

@@ -93,7 +93,8 @@ def update_access_key(conn: Connection, access_key: str, *, secret: str,
 
 
 def _bucket(row: Row[Any]) -> BucketRecord:
-    return BucketRecord(row.id, row.name, row.owner_id, row.region, row.created_at)
+    return BucketRecord(row.id, row.name, row.owner_id, row.region, row.created_at,
+                        row.acl, row.cors)
 
 
 _BUCKET_BY_NAME = select(buckets).where(buckets.c.name == bindparam("name"))
@@ -112,10 +113,25 @@ def list_buckets(conn: Connection, owner_id: int | None) -> list[BucketRecord]:
 
 
 def insert_bucket(conn: Connection, name: str, owner_id: int, region: str,
-                        now: datetime) -> BucketRecord:
+                  now: datetime, acl: str = "private") -> BucketRecord:
     result = conn.execute(insert(buckets).values(
-        name=name, owner_id=owner_id, region=region, created_at=now).returning(buckets.c.id))
-    return BucketRecord(int(result.scalar_one()), name, owner_id, region, now)
+        name=name, owner_id=owner_id, region=region, created_at=now, acl=acl)
+        .returning(buckets.c.id))
+    return BucketRecord(int(result.scalar_one()), name, owner_id, region, now, acl)
+
+
+def set_bucket_acl(conn: Connection, bucket_id: int, acl: str) -> None:
+    conn.execute(update(buckets).where(buckets.c.id == bucket_id).values(acl=acl))
+
+
+def set_bucket_cors(conn: Connection, bucket_id: int, rules: list[dict[str, Any]] | None
+                    ) -> None:
+    conn.execute(update(buckets).where(buckets.c.id == bucket_id).values(cors=rules))
+
+
+def set_object_acl(conn: Connection, object_id: int, acl: str) -> bool:
+    result = conn.execute(update(objects).where(objects.c.id == object_id).values(acl=acl))
+    return result.rowcount == 1
 
 
 def bucket_has_objects(conn: Connection, bucket_id: int) -> bool:
@@ -134,7 +150,7 @@ _OBJECT_COLUMNS = (
     objects.c.etag, objects.c.last_modified, objects.c.blob_key, objects.c.content_type,
     objects.c.user_metadata, objects.c.headers, objects.c.checksum_algorithm,
     objects.c.checksum_value, objects.c.storage_class, objects.c.is_delete_marker,
-    objects.c.parts_count,
+    objects.c.parts_count, objects.c.acl,
 )
 
 
@@ -145,7 +161,7 @@ def _object(row: Any) -> ObjectRecord:
         content_type=row.content_type, user_metadata=dict(row.user_metadata or {}),
         headers=dict(row.headers or {}), checksum_algorithm=row.checksum_algorithm,
         checksum_value=row.checksum_value, storage_class=row.storage_class,
-        is_delete_marker=row.is_delete_marker, parts_count=row.parts_count,
+        is_delete_marker=row.is_delete_marker, parts_count=row.parts_count, acl=row.acl,
     )
 
 
@@ -156,7 +172,8 @@ _LATEST_OBJECT = select(*_OBJECT_COLUMNS).where(
 _BUCKET_AND_LATEST = (
     select(buckets.c.id.label("b_id"), buckets.c.name.label("b_name"),
            buckets.c.owner_id.label("b_owner"), buckets.c.region.label("b_region"),
-           buckets.c.created_at.label("b_created"), *_OBJECT_COLUMNS)
+           buckets.c.created_at.label("b_created"), buckets.c.acl.label("b_acl"),
+           buckets.c.cors.label("b_cors"), *_OBJECT_COLUMNS)
     .select_from(buckets.outerjoin(objects, and_(
         objects.c.bucket_id == buckets.c.id, objects.c.key == bindparam("key"),
         objects.c.is_latest.is_(True))))
@@ -176,7 +193,8 @@ def bucket_and_latest_object(
     row = conn.execute(_BUCKET_AND_LATEST, {"bucket": bucket_name, "key": key}).first()
     if row is None:
         return None, None
-    bucket = BucketRecord(row.b_id, row.b_name, row.b_owner, row.b_region, row.b_created)
+    bucket = BucketRecord(row.b_id, row.b_name, row.b_owner, row.b_region, row.b_created,
+                          row.b_acl, row.b_cors)
     return bucket, (_object(row) if row.id is not None else None)
 
 
@@ -266,7 +284,7 @@ def _upload(row: Any) -> UploadRecord:
         initiated_at=row.initiated_at, state=row.state, content_type=row.content_type,
         user_metadata=dict(row.user_metadata or {}), headers=dict(row.headers or {}),
         storage_class=row.storage_class, checksum_algorithm=row.checksum_algorithm,
-        checksum_type=row.checksum_type)
+        checksum_type=row.checksum_type, acl=row.acl)
 
 
 def _part(row: Any) -> PartRecord:

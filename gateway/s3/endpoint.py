@@ -1,10 +1,11 @@
 """The S3 endpoint: one ASGI callable that authenticates, routes, runs the handler and
-renders every result or error the same way."""
+renders every result or error the same way, with CORS headers where a rule allows."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
 from starlette.requests import ClientDisconnect, Request
@@ -12,14 +13,15 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import errors
-from gateway.auth.sigv4 import RequestView, authenticate
+from gateway.auth import RequestView, authenticate_request
 from gateway.core import Gateway
+from gateway.s3 import cors
 from gateway.s3.errors import error_response
 from gateway.s3.handlers import HANDLERS
 from gateway.s3.request import S3Request
-from gateway.s3.routing import Op, resolve_operation
+from gateway.s3.routing import Op, Operation, resolve_operation, split_host_bucket
 from gateway.service.context import new_request_id
-from gateway.types import Principal
+from gateway.types import ANONYMOUS, Principal
 
 log = logging.getLogger("gateway.s3")
 access_log = logging.getLogger("gateway.access")
@@ -48,18 +50,34 @@ def _declares_body(scope: Scope) -> bool:
     return False
 
 
+@dataclass(slots=True)
+class _Parsed:
+    method: str
+    raw_path: str
+    query_string: str
+    resource: str
+    request_id: str
+    header_pairs: list[tuple[str, str]]
+    headers: dict[str, str]
+    query: dict[str, str]
+
+
 class S3Endpoint:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        request_id = new_request_id()
-        method: str = scope["method"]
-        raw_path_bytes: bytes = scope.get("raw_path") or scope["path"].encode()
-        raw_path = raw_path_bytes.decode("latin-1")
+        header_pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        headers: dict[str, str] = {}
+        for name, value in header_pairs:
+            lname = name.lower()
+            headers[lname] = f"{headers[lname]},{value}" if lname in headers else value
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query_string: str = scope["query_string"].decode("latin-1")
-        resource = unquote(raw_path)
+        parsed = _Parsed(scope["method"], raw_path, query_string, unquote(raw_path),
+                         new_request_id(), header_pairs, headers,
+                         dict(parse_qsl(query_string, keep_blank_values=True)))
         body_done = False
 
         async def tracked_receive() -> Message:
@@ -69,73 +87,123 @@ class S3Endpoint:
                 body_done = True
             return message
 
-        response = await self._handle(scope, tracked_receive, method, raw_path, query_string,
-                                      resource, request_id)
+        operation: Operation | None = None
+        try:
+            operation = self._route(parsed)
+            response = await self._handle(scope, tracked_receive, parsed, operation)
+        except Exception as exc:
+            response = self._render_error(exc, parsed)
         if not body_done and _declares_body(scope):
             # Answered without taking the body: a client that sent `Expect: 100-continue`
             # will never send it, and one that did should not have gigabytes drained.
             # Either way the connection cannot carry another request.
             response.headers["Connection"] = "close"
-        response.headers["x-amz-request-id"] = request_id
-        response.headers["x-amz-id-2"] = request_id
+        if "origin" in headers and operation is not None and operation.op is not Op.CORS_PREFLIGHT:
+            await self._add_cors(response, parsed, operation)
+        response.headers["x-amz-request-id"] = parsed.request_id
+        response.headers["x-amz-id-2"] = parsed.request_id
         response.headers["Server"] = "gateway"
         try:
             await response(scope, receive, send)
         finally:
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s%s %d %s %.1fms", method, raw_path,
+                access_log.info("%s %s%s %d %s %.1fms", parsed.method, raw_path,
                                 "?" + redact_query(query_string) if query_string else "",
-                                response.status_code, request_id,
+                                response.status_code, parsed.request_id,
                                 (time.perf_counter() - started) * 1000)
 
-    async def _handle(self, scope: Scope, receive: Receive, method: str, raw_path: str,
-                      query_string: str, resource: str, request_id: str) -> Response:
-        head = method == "HEAD"
-        gateway = self.gateway
-        try:
-            if gateway is None:
-                raise errors.ServiceUnavailable("The gateway is starting.")
-            header_pairs = [(k.decode("latin-1"), v.decode("latin-1"))
-                            for k, v in scope["headers"]]
-            headers: dict[str, str] = {}
-            for name, value in header_pairs:
-                lname = name.lower()
-                headers[lname] = f"{headers[lname]},{value}" if lname in headers else value
-            query = dict(parse_qsl(query_string, keep_blank_values=True))
-            operation = resolve_operation(method, headers.get("host", ""), raw_path, query,
-                                          headers, domain=gateway.settings.domain)
-            principals: dict[str, Principal] = {}
+    def _route(self, p: _Parsed) -> Operation:
+        if self.gateway is None:
+            raise errors.ServiceUnavailable("The gateway is starting.")
+        return resolve_operation(p.method, p.headers.get("host", ""), p.raw_path, p.query,
+                                 p.headers, domain=self.gateway.settings.domain)
 
-            async def lookup_secret(access_key: str) -> str | None:
-                principal, secret = await gateway.accounts.lookup(access_key)
-                if principal is not None:
-                    principals[access_key] = principal
-                return secret
-
-            auth = await authenticate(RequestView(method, raw_path, query_string,
-                                                  header_pairs), lookup_secret)
-            if auth is None:
-                raise errors.AccessDenied()
-            principal = principals[auth.access_key]
-            if operation.op is Op.METHOD_NOT_ALLOWED:
-                raise errors.MethodNotAllowed(fields={"Method": method})
-            handler = HANDLERS.get(operation.op)
-            if handler is None:
-                raise errors.NotImplemented_(
-                    f"{operation.name} is not implemented by this gateway.")
-            request = Request(scope, receive)
-            return await handler(S3Request(request, gateway, operation, principal, auth,
-                                           headers, query, request_id))
-        except errors.GatewayError as exc:
-            return error_response(exc, resource=resource, request_id=request_id, head=head)
-        except ClientDisconnect:
+    def _render_error(self, exc: Exception, p: _Parsed) -> Response:
+        head = p.method == "HEAD"
+        if isinstance(exc, errors.GatewayError):
+            return error_response(exc, resource=p.resource, request_id=p.request_id, head=head)
+        if isinstance(exc, ClientDisconnect):
             # Nobody is left to read the answer; nothing was committed.
-            log.info("client went away during %s %s (request %s)", method, resource,
-                     request_id)
-            return error_response(errors.IncompleteBody(), resource=resource,
-                                  request_id=request_id, head=head)
+            log.info("client went away during %s %s (request %s)", p.method, p.resource,
+                     p.request_id)
+            return error_response(errors.IncompleteBody(), resource=p.resource,
+                                  request_id=p.request_id, head=head)
+        log.error("internal error handling %s %s (request %s)", p.method, p.resource,
+                  p.request_id, exc_info=exc)
+        return error_response(errors.InternalError(), resource=p.resource,
+                              request_id=p.request_id, head=head)
+
+    async def _handle(self, scope: Scope, receive: Receive, p: _Parsed,
+                      operation: Operation) -> Response:
+        gateway = self.gateway
+        assert gateway is not None
+        if operation.op is Op.CORS_PREFLIGHT:
+            return await self._preflight(p, operation)
+        principals: dict[str, Principal] = {}
+
+        async def lookup_secret(access_key: str) -> str | None:
+            principal, secret = await gateway.accounts.lookup(access_key)
+            if principal is not None:
+                principals[access_key] = principal
+            return secret
+
+        auth = await authenticate_request(
+            RequestView(p.method, p.raw_path, p.query_string, p.header_pairs), lookup_secret,
+            virtual_host_bucket=split_host_bucket(p.headers.get("host", ""),
+                                                  gateway.settings.domain))
+        # No credentials: the service decides what an anonymous caller may read.
+        principal = ANONYMOUS if auth is None else principals[auth.access_key]
+        if operation.op is Op.METHOD_NOT_ALLOWED:
+            raise errors.MethodNotAllowed(fields={"Method": p.method})
+        handler = HANDLERS.get(operation.op)
+        if handler is None:
+            raise errors.NotImplemented_(f"{operation.name} is not implemented by this gateway.")
+        request = Request(scope, receive)
+        return await handler(S3Request(request, gateway, operation, principal, auth,
+                                       p.headers, p.query, p.request_id))
+
+    async def _rules(self, bucket_name: str | None) -> list[cors.Rule]:
+        """The bucket's CORS rules, then the server-wide default rule."""
+        gateway = self.gateway
+        assert gateway is not None
+        rules: list[cors.Rule] = []
+        if bucket_name:
+            bucket = await gateway.buckets.find(bucket_name)
+            if bucket is not None and bucket.cors:
+                rules.extend(bucket.cors)
+        default = cors.default_rule(gateway.settings.cors_origins)
+        if default is not None:
+            rules.append(default)
+        return rules
+
+    async def _preflight(self, p: _Parsed, operation: Operation) -> Response:
+        """Answered before authentication: a browser sends no credentials with it."""
+        origin = p.headers.get("origin")
+        method = p.headers.get("access-control-request-method")
+        if not origin or not method:
+            raise errors.InvalidRequest(
+                "Insufficient information. Origin request header needed."
+                if not origin else "Insufficient information. "
+                "Access-Control-Request-Method header needed.")
+        wanted = cors.requested_headers(p.headers.get("access-control-request-headers"))
+        rules = await self._rules(operation.bucket)
+        if not rules:
+            raise errors.CORSForbidden("CORSResponse: CORS is not enabled for this bucket.")
+        rule = cors.match(rules, origin, method.upper(), wanted)
+        if rule is None:
+            raise errors.CORSForbidden()
+        return Response(status_code=200, headers=cors.preflight_headers(rule, origin, wanted))
+
+    async def _add_cors(self, response: Response, p: _Parsed, operation: Operation) -> None:
+        try:
+            rules = await self._rules(operation.bucket)
         except Exception:
-            log.exception("internal error handling %s %s (request %s)", method, resource,
-                          request_id)
-            return error_response(errors.InternalError(), resource=resource,
-                                  request_id=request_id, head=head)
+            log.warning("could not read CORS rules for %s", operation.bucket, exc_info=True)
+            return
+        if not rules:
+            return
+        response.headers["Vary"] = "Origin"
+        rule = cors.match(rules, p.headers["origin"], p.method)
+        if rule is not None:
+            for name, value in cors.response_headers(rule, p.headers["origin"]).items():
+                response.headers[name] = value

@@ -8,11 +8,13 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
 
+from gateway.auth.policy import validate_acl
 from gateway.errors import (
     InvalidArgument,
     InvalidRequest,
     InvalidStorageClass,
     MetadataTooLarge,
+    NotImplemented_,
 )
 from gateway.types import (
     STORED_HEADERS,
@@ -129,6 +131,9 @@ def object_attributes(headers: Mapping[str, str]) -> ObjectAttributes:
             if not value:
                 continue
         stored[canonical] = value
+    if any(name.startswith("x-amz-grant-") for name in headers):
+        raise NotImplemented_("Explicit x-amz-grant-* headers are not supported; use a "
+                              "canned ACL (x-amz-acl).")
     storage_class = headers.get("x-amz-storage-class", "STANDARD") or "STANDARD"
     if storage_class not in STORAGE_CLASSES:
         raise InvalidStorageClass(fields={"StorageClassRequested": storage_class})
@@ -137,6 +142,7 @@ def object_attributes(headers: Mapping[str, str]) -> ObjectAttributes:
         user_metadata=user,
         headers=stored,
         storage_class=storage_class,
+        acl=validate_acl(headers.get("x-amz-acl")),
     )
 
 

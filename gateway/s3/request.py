@@ -27,7 +27,7 @@ class S3Request:
     gateway: Gateway
     operation: Operation
     principal: Principal
-    auth: AuthContext
+    auth: AuthContext | None  # None: an anonymous request
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ","
     query: dict[str, str]
     request_id: str
@@ -42,7 +42,8 @@ class S3Request:
         assert self.operation.key is not None
         return self.operation.key
 
-    async def _raw(self) -> AsyncIterator[bytes]:
+    async def raw_stream(self) -> AsyncIterator[bytes]:
+        """The body as it arrives on the wire, without empty chunks."""
         async for chunk in self.request.stream():
             if chunk:
                 yield chunk
@@ -53,13 +54,13 @@ class S3Request:
         multipart upload's); a request naming another one is refused."""
         headers = self.headers
         trailers: dict[str, str] = {}
-        mode = self.auth.payload_mode
+        mode = self.auth.payload_mode if self.auth is not None else PayloadMode.UNSIGNED
+        chunk_signer = self.auth.chunk_signer if self.auth is not None else None
         chunked = mode.is_aws_chunked or "aws-chunked" in headers.get(
             "content-encoding", "").lower()
-        source: AsyncIterator[bytes] = self._raw()
+        source: AsyncIterator[bytes] = self.raw_stream()
         if chunked:
-            source = decode_aws_chunked(source, chunk_signer=self.auth.chunk_signer,
-                                        trailers=trailers)
+            source = decode_aws_chunked(source, chunk_signer=chunk_signer, trailers=trailers)
             decoded = headers.get("x-amz-decoded-content-length")
             try:
                 expected = int(decoded) if decoded is not None else None
@@ -79,7 +80,8 @@ class S3Request:
             source,
             expected_size=expected,
             content_md5=headers.get("content-md5"),
-            content_sha256=self.auth.content_sha256 if mode is PayloadMode.SIGNED else None,
+            content_sha256=(self.auth.content_sha256
+                            if self.auth is not None and mode is PayloadMode.SIGNED else None),
             checksum_algorithm=algorithm,
             expected_checksum=expected_checksum,
             trailers=trailers,

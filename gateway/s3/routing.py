@@ -27,6 +27,11 @@ class Op(Enum):
     DELETE_OBJECTS = "DeleteObjects"
     LIST_MULTIPART_UPLOADS = "ListMultipartUploads"
     POST_OBJECT = "PostObject"
+    GET_BUCKET_CORS = "GetBucketCors"
+    PUT_BUCKET_CORS = "PutBucketCors"
+    DELETE_BUCKET_CORS = "DeleteBucketCors"
+    GET_BUCKET_ACL = "GetBucketAcl"
+    PUT_BUCKET_ACL = "PutBucketAcl"
     BUCKET_SUBRESOURCE = "BucketSubresource"  # any other ?word on a bucket
     # object
     PUT_OBJECT = "PutObject"
@@ -40,7 +45,11 @@ class Op(Enum):
     COMPLETE_MULTIPART_UPLOAD = "CompleteMultipartUpload"
     ABORT_MULTIPART_UPLOAD = "AbortMultipartUpload"
     LIST_PARTS = "ListParts"
+    GET_OBJECT_ACL = "GetObjectAcl"
+    PUT_OBJECT_ACL = "PutObjectAcl"
     OBJECT_SUBRESOURCE = "ObjectSubresource"
+    # any path
+    CORS_PREFLIGHT = "CorsPreflight"
     # neither
     METHOD_NOT_ALLOWED = "MethodNotAllowed"
 
@@ -55,6 +64,19 @@ BUCKET_SUBRESOURCES = frozenset({
 OBJECT_SUBRESOURCES = frozenset({
     "acl", "attributes", "legal-hold", "restore", "retention", "select", "tagging", "torrent",
 })
+
+
+_BUCKET_NAMED = {
+    ("GET", "cors"): Op.GET_BUCKET_CORS,
+    ("PUT", "cors"): Op.PUT_BUCKET_CORS,
+    ("DELETE", "cors"): Op.DELETE_BUCKET_CORS,
+    ("GET", "acl"): Op.GET_BUCKET_ACL,
+    ("PUT", "acl"): Op.PUT_BUCKET_ACL,
+}
+_OBJECT_NAMED = {
+    ("GET", "acl"): Op.GET_OBJECT_ACL,
+    ("PUT", "acl"): Op.PUT_OBJECT_ACL,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +131,8 @@ def resolve_operation(
     host_bucket = split_host_bucket(host, domain)
     bucket, key = split_path(unquote(raw_path), host_bucket)
     method = method.upper()
+    if method == "OPTIONS":
+        return Operation(Op.CORS_PREFLIGHT, bucket, key)
     if bucket is None:
         if method == "GET":
             return Operation(Op.LIST_BUCKETS)
@@ -123,6 +147,9 @@ def _bucket_operation(method: str, bucket: str, query: Mapping[str, str]) -> Ope
         return Operation(o, bucket, None, sub)
 
     sub = next((w for w in query if w in BUCKET_SUBRESOURCES), None)
+    named = _BUCKET_NAMED.get((method, sub)) if sub else None
+    if named is not None:
+        return op(named)
     if method == "GET":
         if sub:
             return op(Op.BUCKET_SUBRESOURCE, sub)
@@ -165,6 +192,9 @@ def _object_operation(
         return Operation(o, bucket, key, sub)
 
     sub = next((w for w in query if w in OBJECT_SUBRESOURCES), None)
+    named = _OBJECT_NAMED.get((method, sub)) if sub else None
+    if named is not None:
+        return op(named)
     if sub and method in ("GET", "PUT", "DELETE", "POST"):
         return op(Op.OBJECT_SUBRESOURCE, sub)
     has_upload = "uploadId" in query

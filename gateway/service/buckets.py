@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
-from gateway.auth.policy import require_bucket_access
+from gateway.auth.policy import require_bucket_access, require_owner
 from gateway.metadata import repo
 from gateway.service.context import Context
 from gateway.types import BucketRecord, Principal
@@ -48,14 +48,17 @@ class BucketService:
         self.ctx = ctx
         self.uploads = uploads
 
-    async def create(self, principal: Principal, name: str,
-                     location: str | None = None) -> BucketRecord:
+    async def create(self, principal: Principal, name: str, location: str | None = None,
+                     acl: str = "private") -> BucketRecord:
+        if principal.is_anonymous:
+            raise errors.AccessDenied()
         validate_bucket_name(name)
         region = location or self.ctx.settings.region
         now = datetime.now(UTC)
         try:
             return await self.ctx.db.write(
-                lambda conn: repo.insert_bucket(conn, name, principal.user_id, region, now))
+                lambda conn: repo.insert_bucket(conn, name, principal.user_id, region, now,
+                                                acl))
         except IntegrityError:
             existing = await self.find(name)
             if existing is not None and existing.owner_id == principal.user_id:
@@ -90,6 +93,28 @@ class BucketService:
             # An object committed concurrently: the foreign key refuses the delete.
             raise errors.BucketNotEmpty(fields={"BucketName": name}) from None
 
+    async def set_acl(self, principal: Principal, name: str, acl: str) -> None:
+        bucket = await self.find(name)
+        if bucket is None:
+            raise errors.NoSuchBucket(fields={"BucketName": name})
+        require_owner(principal, bucket)
+        await self.ctx.db.write(lambda conn: repo.set_bucket_acl(conn, bucket.id, acl))
+
+    async def owned(self, principal: Principal, name: str) -> BucketRecord:
+        """The bucket, for its owner (ACL and CORS configuration)."""
+        bucket = await self.find(name)
+        if bucket is None:
+            raise errors.NoSuchBucket(fields={"BucketName": name})
+        require_owner(principal, bucket)
+        return bucket
+
+    async def set_cors(self, principal: Principal, name: str,
+                       rules: list[dict[str, Any]] | None) -> None:
+        bucket = await self.owned(principal, name)
+        await self.ctx.db.write(lambda conn: repo.set_bucket_cors(conn, bucket.id, rules))
+
     async def list(self, principal: Principal) -> list[BucketRecord]:
+        if principal.is_anonymous:
+            raise errors.AccessDenied()
         owner = None if principal.is_admin else principal.user_id
         return await self.ctx.db.read(lambda conn: repo.list_buckets(conn, owner))

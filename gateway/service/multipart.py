@@ -129,7 +129,7 @@ class MultipartService:
             initiated_at=datetime.now(UTC), state=ACTIVE, content_type=attrs.content_type,
             user_metadata=attrs.user_metadata, headers=attrs.headers,
             storage_class=attrs.storage_class, checksum_algorithm=checksum_algorithm,
-            checksum_type=kind)
+            checksum_type=kind, acl=attrs.acl)
         values = {name: getattr(record, name) for name in record.__slots__}
         try:
             await self.ctx.db.write(lambda conn: repo.insert_upload(conn, values))
@@ -294,7 +294,7 @@ class MultipartService:
 
         attrs = ObjectAttributes(content_type=upload.content_type,
                                  user_metadata=upload.user_metadata, headers=upload.headers,
-                                 storage_class=upload.storage_class)
+                                 storage_class=upload.storage_class, acl=upload.acl)
         try:
             return await self.objects.commit_new_blob(
                 bucket, key, upload.blob_key, conditions, size=sum(p.size for p in chosen),

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
-from gateway.auth.policy import require_bucket_access
+from gateway.auth.policy import may_read_object, require_bucket_access, require_owner
 from gateway.metadata import repo
 from gateway.metadata.models import NULL_VERSION
 from gateway.service.conditions import check_copy_source, check_read, check_write, resolve_range
@@ -151,7 +151,7 @@ class ObjectService:
             "headers": attrs.headers, "checksum_algorithm": checksum[0],
             "checksum_value": checksum[1], "storage_class": attrs.storage_class,
             "owner_id": owner_id, "is_delete_marker": False, "is_latest": True,
-            "parts_count": len(parts) or None,
+            "parts_count": len(parts) or None, "acl": attrs.acl,
         }
 
         def unit(conn: Connection) -> tuple[int, str | None]:
@@ -194,7 +194,7 @@ class ObjectService:
             etag=etag, last_modified=now, blob_key=blob_key, content_type=attrs.content_type,
             user_metadata=attrs.user_metadata, headers=attrs.headers,
             checksum_algorithm=checksum[0], checksum_value=checksum[1],
-            storage_class=attrs.storage_class, parts_count=len(parts) or None)
+            storage_class=attrs.storage_class, parts_count=len(parts) or None, acl=attrs.acl)
 
     async def _bucket_gone(self, bucket: BucketRecord) -> bool:
         found = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, bucket.name))
@@ -234,11 +234,12 @@ class ObjectService:
                     await self.ctx.backend.copy(src.blob_key, blob_key)
             except BlobNotFound:
                 continue  # the source was overwritten meanwhile: read it again
+            # An ACL is never copied: the copy gets the one the request names.
             new_attrs = attrs if replace_metadata else ObjectAttributes(
                 content_type=src.content_type, user_metadata=src.user_metadata,
                 headers=src.headers,
                 storage_class=attrs.storage_class if attrs.storage_class != "STANDARD"
-                else src.storage_class)
+                else src.storage_class, acl=attrs.acl)
             return await self.commit_new_blob(
                 dst_b, dst_key, blob_key, conditions, size=src.size, etag=src.etag,
                 attrs=new_attrs, checksum=(src.checksum_algorithm, src.checksum_value),
@@ -326,8 +327,12 @@ class ObjectService:
                 lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key))
             if bucket is None:
                 raise errors.NoSuchBucket(fields={"BucketName": bucket_name})
-            require_bucket_access(principal, bucket, write=False)
-            if obj is None or obj.is_delete_marker or obj.blob_key is None:
+            if obj is not None and obj.is_delete_marker:
+                obj = None
+            if not may_read_object(principal, bucket, obj):
+                # Strangers learn nothing, not even whether the key exists.
+                raise errors.AccessDenied()
+            if obj is None or obj.blob_key is None:
                 raise errors.NoSuchKey(fields={"Key": key})
             if copy_source:
                 check_copy_source(conditions, obj.etag, obj.last_modified)
@@ -348,6 +353,25 @@ class ObjectService:
                 continue  # overwritten between the row read and the open: read again
             return ObjectRead(obj, byte_range, reader)
         raise errors.ServiceUnavailable("The object changed too often while being read.")
+
+    async def get_acl(self, principal: Principal, bucket_name: str, key: str,
+                      version_id: str | None = None) -> tuple[BucketRecord, ObjectRecord]:
+        validate_key(key)
+        _check_version(version_id)
+        bucket, obj = await self.ctx.db.read(
+            lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key))
+        if bucket is None:
+            raise errors.NoSuchBucket(fields={"BucketName": bucket_name})
+        require_owner(principal, bucket)
+        if obj is None or obj.is_delete_marker:
+            raise errors.NoSuchKey(fields={"Key": key})
+        return bucket, obj
+
+    async def set_acl(self, principal: Principal, bucket_name: str, key: str, acl: str,
+                      version_id: str | None = None) -> None:
+        _bucket, obj = await self.get_acl(principal, bucket_name, key, version_id)
+        if not await self.ctx.db.write(lambda conn: repo.set_object_acl(conn, obj.id, acl)):
+            raise errors.NoSuchKey(fields={"Key": key})
 
     async def _part_range(self, obj: ObjectRecord, part_number: int) -> ByteRange | None:
         """The bytes of one part; an object not made of parts is its own part 1."""

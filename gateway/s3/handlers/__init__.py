@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
 
-from gateway.s3.handlers import buckets, listing, multipart, objects
+from gateway.s3.handlers import access, buckets, listing, multipart, objects, post
 from gateway.s3.request import S3Request
 from gateway.s3.routing import Op
 
@@ -34,4 +34,12 @@ HANDLERS: dict[Op, Handler] = {
     Op.ABORT_MULTIPART_UPLOAD: multipart.abort_multipart_upload,
     Op.LIST_PARTS: multipart.list_parts,
     Op.LIST_MULTIPART_UPLOADS: multipart.list_multipart_uploads,
+    Op.PUT_BUCKET_CORS: access.put_bucket_cors,
+    Op.GET_BUCKET_CORS: access.get_bucket_cors,
+    Op.DELETE_BUCKET_CORS: access.delete_bucket_cors,
+    Op.PUT_BUCKET_ACL: access.put_bucket_acl,
+    Op.GET_BUCKET_ACL: access.get_bucket_acl,
+    Op.PUT_OBJECT_ACL: access.put_object_acl,
+    Op.GET_OBJECT_ACL: access.get_object_acl,
+    Op.POST_OBJECT: post.post_object,
 }

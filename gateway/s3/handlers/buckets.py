@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from gateway import errors
+from gateway.auth.policy import validate_acl
 from gateway.s3.handlers.common import owner_xml, xml_response
 from gateway.s3.request import S3Request
 from gateway.s3.xml import S3_NS, child_text, el, iso8601, local, parse
@@ -31,7 +32,8 @@ async def create_bucket(req: S3Request) -> Response:
         if local(root.tag) != "CreateBucketConfiguration":
             raise errors.MalformedXML()
         location = child_text(root, "LocationConstraint") or None
-    await req.gateway.buckets.create(req.principal, req.bucket, location)
+    acl = validate_acl(req.headers.get("x-amz-acl"))
+    await req.gateway.buckets.create(req.principal, req.bucket, location, acl)
     return Response(status_code=200, headers={"Location": f"/{req.bucket}"})
 
 

@@ -1,0 +1,89 @@
+"""POST Object: browser form uploads signed by a POST policy (SigV4 or SigV2)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from urllib.parse import quote, urlencode, urlsplit
+
+from starlette.responses import Response
+
+from gateway import errors
+from gateway.auth.postpolicy import check_content_length, verify_post_form
+from gateway.checksums import DigestingStream
+from gateway.s3.form import FormReader, boundary_of
+from gateway.s3.handlers.common import xml_response
+from gateway.s3.headers import object_attributes
+from gateway.s3.request import S3Request
+from gateway.s3.xml import el
+from gateway.types import Principal
+
+#: Form fields that describe the object (as request headers would).
+_OBJECT_FIELDS = ("content-type", "cache-control", "content-disposition", "content-encoding",
+                  "content-language", "expires", "x-amz-storage-class", "x-amz-acl")
+
+
+async def _limited(source: AsyncIterator[bytes],
+                   bounds: tuple[int, int] | None) -> AsyncIterator[bytes]:
+    """Enforce the policy's content-length-range while streaming: too large fails at once,
+    too small at the end, before the backend keeps anything."""
+    size = 0
+    async for chunk in source:
+        size += len(chunk)
+        if bounds is not None and size > bounds[1]:
+            check_content_length(bounds, size)
+        yield chunk
+    check_content_length(bounds, size)
+
+
+def _attributes_from(fields: dict[str, str], file_type: str | None) -> dict[str, str]:
+    lowered = {name.lower(): value for name, value in fields.items()}
+    headers = {name: lowered[name] for name in _OBJECT_FIELDS if name in lowered}
+    headers.update({name: value for name, value in lowered.items()
+                    if name.startswith("x-amz-meta-")})
+    if "acl" in lowered:
+        headers["x-amz-acl"] = lowered["acl"]
+    if "content-type" not in headers and file_type:
+        headers["content-type"] = file_type
+    return headers
+
+
+async def post_object(req: S3Request) -> Response:
+    reader = FormReader(req.raw_stream(), boundary_of(req.headers.get("content-type", "")))
+    fields = await reader.fields()
+
+    principals: dict[str, Principal] = {}
+
+    async def lookup_secret(access_key: str) -> str | None:
+        principal, secret = await req.gateway.accounts.lookup(access_key)
+        if principal is not None:
+            principals[access_key] = principal
+        return secret
+
+    verified = await verify_post_form(fields, bucket=req.bucket, filename=reader.filename,
+                                      lookup_secret=lookup_secret)
+    principal = principals[verified.access_key]
+    attrs = object_attributes(_attributes_from(fields, reader.file_content_type))
+    body = DigestingStream(_limited(reader.file(), verified.content_length_range))
+    record = await req.gateway.objects.put(principal, req.bucket, verified.key, body, attrs)
+
+    host = req.headers.get("host", "")
+    location = f"{req.request.url.scheme}://{host}/{req.bucket}/{quote(verified.key)}"
+    headers = {"ETag": record.quoted_etag, "Location": location}
+    lowered = {name.lower(): value for name, value in verified.fields.items()}
+    redirect = lowered.get("success_action_redirect") or lowered.get("redirect")
+    if redirect and urlsplit(redirect).scheme in ("http", "https"):
+        sep = "&" if urlsplit(redirect).query else "?"
+        target = redirect + sep + urlencode({"bucket": req.bucket, "key": verified.key,
+                                             "etag": record.quoted_etag})
+        return Response(status_code=303, headers={**headers, "Location": target})
+    status = lowered.get("success_action_status", "204")
+    if status == "201":
+        return xml_response("PostResponse", [
+            el("Location", location), el("Bucket", req.bucket), el("Key", verified.key),
+            el("ETag", record.quoted_etag)], status=201, headers=headers)
+    if status == "200":
+        return Response(status_code=200, headers=headers)
+    if status not in ("204", ""):
+        raise errors.InvalidArgument("success_action_status must be 200, 201 or 204",
+                                     name="success_action_status", value=status)
+    return Response(status_code=204, headers=headers)
