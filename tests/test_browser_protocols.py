@@ -304,3 +304,16 @@ def test_canned_acls_and_anonymous_reads(gateway: GatewayProcess, s3: Any,
     s3.put_bucket_acl(Bucket=bucket, ACL="private")
     assert httpx.get(f"{base}/private.txt").status_code == 403
     assert client_error(s3.put_bucket_acl, Bucket=bucket, ACL="world-writable")[1] == 400
+
+
+def test_sigv2_url_headers_in_query_take_effect(gateway: GatewayProcess, s3: Any,
+                                                bucket: str) -> None:
+    """botocore moves Content-Type and x-amz-* into a SigV2 URL's query; they are signed
+    and must act as the request's headers."""
+    url = signer(gateway, "s3").generate_presigned_url("put_object", Params={
+        "Bucket": bucket, "Key": "shared.pdf", "ContentType": "application/pdf",
+        "ACL": "public-read"})
+    assert "Content-Type=" in url or "content-type=" in url.lower()
+    assert httpx.put(url, content=b"%PDF").status_code == 200
+    assert s3.head_object(Bucket=bucket, Key="shared.pdf")["ContentType"] == "application/pdf"
+    assert httpx.get(f"{gateway.url}/{bucket}/shared.pdf").status_code == 200

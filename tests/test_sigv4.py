@@ -363,11 +363,17 @@ async def test_unsupported_mechanisms(value: str) -> None:
         await authenticate(view, lookup, now=NOW)
 
 
-async def test_sigv2_presigned_rejected() -> None:
+async def test_sigv2_presigned_goes_to_sigv2() -> None:
+    """SigV2 query auth is verified (by ``sigv2``); an expired URL is AccessDenied, and
+    SigV2 in the Authorization header stays refused."""
     view = RequestView("GET", "/b/k", "AWSAccessKeyId=AK&Expires=1&Signature=abc",
                        [("Host", HOST)])
-    with pytest.raises(errors.InvalidRequest, match="not supported"):
+    with pytest.raises(errors.AccessDenied, match="expired"):
         await authenticate(view, lookup, now=NOW)
+    header_v2 = RequestView("GET", "/b/k", "", [("Host", HOST),
+                                                ("Authorization", "AWS AK:c2lnbmF0dXJl")])
+    with pytest.raises(errors.InvalidRequest, match="not supported"):
+        await authenticate(header_v2, lookup, now=NOW)
 
 
 def _auth(view: RequestView) -> str:

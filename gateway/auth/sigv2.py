@@ -89,22 +89,39 @@ def query_signed_headers(raw_query: str) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
-def canonical_resource(raw_path: str, raw_query: str, *,
-                       virtual_host_bucket: str | None = None) -> bytes:
-    """``/bucket/key`` as sent, plus the sub-resources present, sorted, values decoded."""
-    path = _raw(raw_path or "/")
+def _resource_paths(raw_path: str, virtual_host_bucket: str | None) -> list[bytes]:
+    """``/bucket/key`` as sent; for a bucket-level request both ``/bucket`` and ``/bucket/``
+    (botocore signs ``/bucket/`` for a URL path ``/bucket``; both name the same resource)."""
+    path = _raw(raw_path)
     if virtual_host_bucket is not None:
         if not path.startswith(b"/"):
             path = b"/" + path
         path = b"/" + virtual_host_bucket.encode() + path
-    subresources = [(name, value, has_value) for name, value, has_value
-                    in _split_query(raw_query) if name in SUBRESOURCES]
-    if not subresources:
-        return path
-    subresources.sort(key=lambda item: item[0])
-    rendered = [name + "=" + value if has_value else name
-                for name, value, has_value in subresources]
-    return path + b"?" + "&".join(rendered).encode("utf-8")
+    elif not path:
+        path = b"/"
+    trimmed = path[1:]
+    if trimmed and b"/" not in trimmed:  # "/bucket"
+        return [path, path + b"/"]
+    if trimmed.endswith(b"/") and b"/" not in trimmed[:-1]:  # "/bucket/"
+        return [path, path[:-1]]
+    return [path]
+
+
+def _subresources(raw_query: str) -> bytes:
+    """``?name=value&...`` of the sub-resources present, sorted by name, values decoded."""
+    found = [(name, value, has_value) for name, value, has_value
+             in _split_query(raw_query) if name in SUBRESOURCES]
+    if not found:
+        return b""
+    found.sort(key=lambda item: item[0])
+    rendered = [name + "=" + value if has_value else name for name, value, has_value in found]
+    return b"?" + "&".join(rendered).encode("utf-8")
+
+
+def canonical_resource(raw_path: str, raw_query: str, *,
+                       virtual_host_bucket: str | None = None) -> bytes:
+    """``/bucket/key`` as sent, plus the sub-resources present, sorted, values decoded."""
+    return (_resource_paths(raw_path, virtual_host_bucket)[0] + _subresources(raw_query))
 
 
 def _amz_headers(headers: Sequence[tuple[str, str]],
@@ -121,8 +138,9 @@ def _amz_headers(headers: Sequence[tuple[str, str]],
     return {name: b",".join(values) for name, values in collected.items()}
 
 
-def string_to_sign(request: RequestView, expires: str, *,
-                   virtual_host_bucket: str | None = None) -> bytes:
+def strings_to_sign(request: RequestView, expires: str, *,
+                    virtual_host_bucket: str | None = None) -> list[bytes]:
+    """The StringToSign, and the alternative spellings of a bucket-level resource."""
     query_headers = query_signed_headers(request.query)
     standard: dict[str, bytes] = {}
     for name, value in request.headers:
@@ -140,9 +158,10 @@ def string_to_sign(request: RequestView, expires: str, *,
         expires.encode(),
     ]
     lines.extend(name.encode() + b":" + amz[name] for name in sorted(amz))
-    lines.append(canonical_resource(request.path, request.query,
-                                    virtual_host_bucket=virtual_host_bucket))
-    return b"\n".join(lines)
+    head = b"\n".join(lines) + b"\n"
+    subresources = _subresources(request.query)
+    return [head + path + subresources
+            for path in _resource_paths(request.path, virtual_host_bucket)]
 
 
 def sign(secret: str, sts: bytes) -> str:
@@ -163,29 +182,38 @@ async def authenticate_v2_query(request: RequestView, lookup_secret: SecretLooku
     # A '+' the client left unencoded arrives as a space; base64 never contains one.
     signature = params["Signature"].replace(" ", "+")
     raw_expires = params["Expires"]
-    if not raw_expires.isascii() or not raw_expires.isdigit() or len(raw_expires) > 12:
+    if not raw_expires.isascii() or not raw_expires.isdigit() or len(raw_expires) > 20:
         raise AccessDenied(
             f"Invalid date (should be seconds since epoch): {raw_expires[:64]}")
-    expires_at = datetime.fromtimestamp(int(raw_expires), UTC)
     current = _utc(now)
+    # compare as numbers first: a huge Expires is no valid datetime
+    too_far = int(raw_expires) > current.timestamp() + MAX_PRESIGNED_EXPIRES + 86400
+    expires_at = (current + timedelta(days=8) if too_far
+                  else datetime.fromtimestamp(int(raw_expires), UTC))
     if current > expires_at:
         raise AccessDenied("Request has expired", fields={
             "Expires": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "ServerTime": current.strftime("%Y-%m-%dT%H:%M:%SZ"),
         })
-    if expires_at - current > timedelta(seconds=MAX_PRESIGNED_EXPIRES + EXPIRES_SKEW_SECONDS):
+    if too_far or expires_at - current > timedelta(
+            seconds=MAX_PRESIGNED_EXPIRES + EXPIRES_SKEW_SECONDS):
         raise AccessDenied("Request expiration must be at most a week (604800 seconds) from "
                            "now", fields={
-                               "Expires": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               "Expires": raw_expires,
                                "ServerTime": current.strftime("%Y-%m-%dT%H:%M:%SZ"),
                            })
 
     secret = await lookup_secret(access_key)
     if secret is None:
         raise InvalidAccessKeyId(fields={"AWSAccessKeyId": access_key})
-    sts = string_to_sign(request, raw_expires, virtual_host_bucket=virtual_host_bucket)
-    expected = sign(secret, sts)
-    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+    candidates = strings_to_sign(request, raw_expires,
+                                 virtual_host_bucket=virtual_host_bucket)
+    provided = signature.encode("utf-8", "replace")
+    matched = False
+    for candidate in candidates:  # every one computed: no timing hint of which matched
+        matched |= hmac.compare_digest(sign(secret, candidate).encode(), provided)
+    if not matched:
+        sts = candidates[0]
         raise SignatureDoesNotMatch(fields={
             "AWSAccessKeyId": access_key,
             "StringToSign": sts.decode("utf-8", "replace"),

@@ -14,6 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway import errors
 from gateway.auth import RequestView, authenticate_request
+from gateway.auth.sigv2 import query_signed_headers
 from gateway.core import Gateway
 from gateway.s3 import cors
 from gateway.s3.errors import error_response
@@ -153,6 +154,11 @@ class S3Endpoint:
                                                   gateway.settings.domain))
         # No credentials: the service decides what an anonymous caller may read.
         principal = ANONYMOUS if auth is None else principals[auth.access_key]
+        if auth is not None and auth.presigned and "AWSAccessKeyId" in p.query:
+            # SigV2 URLs carry signed Content-Type, Content-MD5 and x-amz-* in the query;
+            # they count as the request's headers (a header actually sent wins).
+            for name, value in query_signed_headers(p.query_string):
+                p.headers.setdefault(name, value)
         if operation.op is Op.METHOD_NOT_ALLOWED:
             raise errors.MethodNotAllowed(fields={"Method": p.method})
         handler = HANDLERS.get(operation.op)
