@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+BROWSER_STAMP := $(VENV)/.installed-browser
 
 .PHONY: run test lint typecheck bench clean
 
@@ -22,7 +23,22 @@ $(TEST_STAMP): $(STAMP)
 run: $(STAMP)
 	$(BIN)/gateway serve
 
-test: $(TEST_STAMP)
+# The browser tests drive Debian's chromium (Playwright's own browser download is not used).
+# Installed when missing and root; otherwise tests/test_browser.py skips with the reason.
+$(BROWSER_STAMP): | $(BIN)/python
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get) for tests/test_browser.py"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	      >/dev/null || exit 1; \
+	  else \
+	    echo "chromium missing (installing it needs root and apt-get):" \
+	      "tests/test_browser.py will be skipped; apt-get install chromium"; \
+	  fi; \
+	fi
+	@if command -v chromium >/dev/null 2>&1; then touch $@; fi
+
+test: $(TEST_STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)

@@ -3,8 +3,8 @@ Playwright) runs a web app served from another origin, the way a bot platform's 
 uses S3.
 
 The app's "backend" is boto3 in this process: it creates the bucket, sets its CORS rules and
-hands out presigned URLs and presigned POST policies, once with boto3's default settings (which
-produce Signature Version 2 query strings and policies for this endpoint) and once with
+hands out presigned URLs and presigned POST policies, once with boto3's default settings (for
+this endpoint botocore 1.44 signs those with Signature Version 2) and once with
 ``signature_version="s3v4"``. The page then does what browser uploaders do:
 
 * a 20 MiB PUT of a generated Blob to a presigned URL (a non-simple request: a real CORS
@@ -153,6 +153,10 @@ class BrowserPage:
         """``await app.<function>(...args)`` in the page."""
         return self.page.evaluate(f"(args) => app.{function}(...args)", list(args))
 
+    def preflights(self) -> list[dict[str, Any]]:
+        """The CORS preflights Chromium sent, with their answers."""
+        return [e for e in self.network if e.get("type") == "Preflight" and "status" in e]
+
     def diagnosis(self) -> str:
         """The network log (preflights included) and console, for assertion messages."""
         lines = ["network:"]
@@ -244,7 +248,7 @@ def flavor(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def presigner(flavor: str, gateway: GatewayProcess) -> Any:
     """What the app's backend signs with: boto3's default settings (SigV2 query strings and
-    policies for this endpoint), or SigV4."""
+    policies for this endpoint, as of botocore 1.44), or SigV4."""
     if flavor == "default":
         return make_client(gateway)
     return make_client(gateway, config=Config(signature_version="s3v4"))
@@ -333,6 +337,10 @@ def test_presigned_put_and_get(browser_page: BrowserPage, origins: Origins, s3: 
     assert put["etag"] == md5_etag(data), (
         f"ETag as the page reads it (ExposeHeaders ETag): {put['etag']!r}\n{page.diagnosis()}")
     assert put["requestId"], f"x-amz-request-id not readable (ExposeHeaders)\n{page.diagnosis()}"
+    preflights = page.preflights()
+    assert len(preflights) == 1, f"expected the PUT's one preflight\n{page.diagnosis()}"
+    assert preflights[0]["status"] == 200
+    assert preflights[0]["headers"].get("access-control-max-age") == "600", preflights
 
     stored = s3.head_object(Bucket=bucket, Key=key)
     assert stored["ETag"] == put["etag"]
@@ -378,6 +386,15 @@ def test_post_form_with_fetch(browser_page: BrowserPage, origins: Origins, s3: A
               form_fields(post))
     page.page.set_input_files("#post-fetch input[type=file]", path)
     page.shot("form-filled")
+
+    # A key outside the policy's "uploads/" prefix is refused, and the page can read why.
+    page.call("setField", "post-fetch", "key", "elsewhere/${filename}")
+    refused = page.call("postForm", "post-fetch")
+    assert "error" not in refused, (
+        f"refused POST not readable: {refused['error']}\n{page.diagnosis()}")
+    assert (refused["status"], refused["code"]) == (403, "AccessDenied"), refused["body"]
+    assert head(s3, bucket, f"elsewhere/{path.name}") is None
+    page.call("setField", "post-fetch", "key", post["fields"]["key"])
 
     result = page.call("postForm", "post-fetch")
     page.shot("post-done")
@@ -462,6 +479,7 @@ def test_disallowed_origin_is_refused(browser_page: BrowserPage, origins: Origin
     assert put.get("error", "").startswith("TypeError"), (
         f"PUT from {origins.disallowed} was not refused: {put}\n{page.diagnosis()}")
     assert head(s3, bucket, key) is None, "the refused preflight's PUT stored the object"
+    assert [p["status"] for p in page.preflights()] == [403], page.diagnosis()
     refused = preflight(put_url, origins.disallowed)
     assert refused.status_code == 403, describe(refused)
     assert "access-control-allow-origin" not in refused.headers, describe(refused)

@@ -104,6 +104,10 @@ function buildForm(id, title, action, fields) {
   log(`form ${id}: POST ${action} with ${fields.map(([n]) => n).join(", ")}, file`);
 }
 
+function setField(id, name, value) {
+  document.querySelector(`#${id} input[name="${name}"]`).value = value;
+}
+
 async function chosenFile(id) {
   const file = document.querySelector(`#${id} input[type=file]`).files[0];
   return { name: file.name, size: file.size, type: file.type, sha256: await sha256(file) };
@@ -124,10 +128,11 @@ async function postForm(id) {
     const result = {
       status: response.status, etag: response.headers.get("ETag"), body: body.slice(0, 2000),
       root: xml.documentElement?.nodeName ?? null, location: text("Location"),
-      bucket: text("Bucket"), key: text("Key"), xmlEtag: text("ETag"), file,
+      bucket: text("Bucket"), key: text("Key"), xmlEtag: text("ETag"), code: text("Code"),
+      file,
     };
-    log(`POST -> ${response.status} Key ${result.key} ETag ${result.xmlEtag}`,
-        response.status === 201 ? "ok" : "fail");
+    log(`POST -> ${response.status} ` + (result.code ? `${result.code}: ${text("Message")}`
+        : `Key ${result.key} ETag ${result.xmlEtag}`), response.status === 201 ? "ok" : "fail");
     return result;
   } catch (error) {
     log(`POST failed: ${describeError(error)}`, "fail");
@@ -156,4 +161,6 @@ async function download(url) {
 }
 
 document.getElementById("origin").textContent = `origin: ${location.origin}`;
-window.app = { log, sha256, deterministicBytes, putBlob, buildForm, chosenFile, postForm, download };
+window.app = {
+  log, sha256, deterministicBytes, putBlob, buildForm, setField, chosenFile, postForm, download,
+};
