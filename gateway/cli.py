@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import fields
 
+from gateway import admin_cli
 from gateway.settings import Settings
 
 _HELP = {
@@ -22,6 +23,7 @@ _HELP = {
     "root_access_key": "the first admin's access key",
     "root_secret_key": "the first admin's secret key",
     "log_level": "debug, info, warning, error",
+    "secret_key": "encrypts S3 secrets at rest (default: <data dir>/secret.key)",
     "gc_grace_seconds": "age before an unreferenced blob may be collected",
     "cors_origins": "origins allowed cross-origin on every bucket (comma-separated)",
     "multipart_expiry": "age after which unfinished multipart uploads are aborted (7d)",
@@ -37,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         env = f"GATEWAY_{f.name.upper()}"
         serve.add_argument(flag, dest=f.name, default=None,
                            help=f"{_HELP.get(f.name, '')} (env {env})")
+    admin_cli.add_parsers(sub)
     return parser
 
 
@@ -44,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return 2
+    return admin_cli.run(args.command, args)
 
 
 def serve(args: argparse.Namespace) -> int:

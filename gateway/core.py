@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.auth.credentials import SecretBox
 from gateway.metadata.db import Database
 from gateway.service.accounts import AccountService
 from gateway.service.buckets import BucketService
@@ -31,4 +32,6 @@ class Gateway:
         ctx = Context(settings, db, backend)
         objects = ObjectService(ctx)
         multipart = MultipartService(ctx, objects)
-        return cls(ctx, AccountService(ctx), BucketService(ctx, multipart), objects, multipart)
+        box = SecretBox.load(settings.secret_key, settings.data_dir)
+        return cls(ctx, AccountService(ctx, box), BucketService(ctx, multipart), objects,
+                   multipart)

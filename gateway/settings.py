@@ -21,6 +21,8 @@ class Settings:
     workers: int = 1
     root_access_key: str = field(default="", repr=False)
     root_secret_key: str = field(default="", repr=False)
+    #: Encrypts S3 secret keys at rest; default: a key file in the data dir (mode 0600).
+    secret_key: str = field(default="", repr=False)
     log_level: str = "info"
     #: Seconds after which an unreferenced blob may be garbage-collected.
     gc_grace_seconds: int = 3600
@@ -49,7 +51,9 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _convert(f.type, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        kinds = {f.name: f.type for f in fields(cls)}
+        values.update({k: _convert(kinds[k], v) if isinstance(v, str) else v
+                       for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
 

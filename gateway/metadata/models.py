@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 
 NULL_VERSION = "null"
@@ -75,6 +76,11 @@ users = Table(
     Column("name", String(128), nullable=False, unique=True),
     Column("role", String(16), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("display_name", String(256), nullable=True),
+    Column("email", String(320), nullable=True),
+    #: The id S3 answers show as Owner; derived from the user id when not set.
+    Column("canonical_id", String(128), nullable=True),
+    Column("disabled", Boolean(), nullable=False, default=False, server_default=false()),
 )
 
 access_keys = Table(

@@ -39,7 +39,7 @@ _PRINCIPAL_FOR_KEY = (
     select(users.c.id, users.c.name, users.c.role, access_keys.c.secret)
     .select_from(access_keys.join(users, users.c.id == access_keys.c.user_id))
     .where(access_keys.c.access_key == bindparam("access_key"),
-           access_keys.c.enabled.is_(True))
+           access_keys.c.enabled.is_(True), users.c.disabled.is_(False))
 )
 
 
@@ -66,10 +66,50 @@ def count_users(conn: Connection) -> int:
     return int((conn.execute(select(func.count()).select_from(users))).scalar_one())
 
 
-def insert_user(conn: Connection, name: str, role: str, now: datetime) -> int:
-    result = conn.execute(
-        insert(users).values(name=name, role=role, created_at=now).returning(users.c.id))
+def insert_user(conn: Connection, name: str, role: str, now: datetime, *,
+                display_name: str | None = None, email: str | None = None,
+                canonical_id: str | None = None) -> int:
+    result = conn.execute(insert(users).values(
+        name=name, role=role, created_at=now, display_name=display_name, email=email,
+        canonical_id=canonical_id, disabled=False).returning(users.c.id))
     return int(result.scalar_one())
+
+
+def list_users(conn: Connection) -> list[Any]:
+    return list(conn.execute(select(users).order_by(users.c.name)).all())
+
+
+def set_user_disabled(conn: Connection, name: str, disabled: bool) -> bool:
+    result = conn.execute(update(users).where(users.c.name == name)
+                          .values(disabled=disabled))
+    return result.rowcount == 1
+
+
+def list_access_keys(conn: Connection, user_id: int | None = None) -> list[Any]:
+    stmt = (select(access_keys.c.access_key, access_keys.c.enabled,
+                   access_keys.c.created_at, users.c.name.label("user"))
+            .select_from(access_keys.join(users, users.c.id == access_keys.c.user_id))
+            .order_by(users.c.name, access_keys.c.created_at))
+    if user_id is not None:
+        stmt = stmt.where(access_keys.c.user_id == user_id)
+    return list(conn.execute(stmt).all())
+
+
+def set_access_key_enabled(conn: Connection, access_key: str, enabled: bool) -> bool:
+    result = conn.execute(update(access_keys).where(access_keys.c.access_key == access_key)
+                          .values(enabled=enabled))
+    return result.rowcount == 1
+
+
+def unsealed_secrets(conn: Connection, prefix: str) -> list[tuple[str, str]]:
+    rows = conn.execute(select(access_keys.c.access_key, access_keys.c.secret)
+                        .where(~access_keys.c.secret.startswith(prefix))).all()
+    return [(r.access_key, r.secret) for r in rows]
+
+
+def set_secret(conn: Connection, access_key: str, secret: str) -> None:
+    conn.execute(update(access_keys).where(access_keys.c.access_key == access_key)
+                 .values(secret=secret))
 
 
 def access_key_row(conn: Connection, access_key: str) -> Row[Any] | None:

@@ -7,10 +7,12 @@ import string
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from gateway.auth.credentials import PREFIX, SecretBox
 from gateway.metadata import repo
 from gateway.service.context import Context
 from gateway.types import Principal
@@ -38,8 +40,9 @@ class AccountService:
     #: Seconds a resolved access key is trusted without asking the database again.
     CACHE_TTL = 5.0
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, box: SecretBox) -> None:
         self.ctx = ctx
+        self.box = box
         self._cache: dict[str, tuple[float, Principal | None, str | None]] = {}
 
     async def ensure_root(self) -> RootCredentials | None:
@@ -53,16 +56,20 @@ class AccountService:
             user = repo.user_by_name(conn, ROOT_USER)
             user_id = repo.insert_user(conn, ROOT_USER, "admin", now) if user is None \
                 else int(user.id)
+            # Secrets stored before encryption at rest are sealed now.
+            for key, stored in repo.unsealed_secrets(conn, PREFIX):
+                repo.set_secret(conn, key, self.box.seal(stored))
             if access and secret:
                 if repo.access_key_row(conn, access) is None:
-                    repo.insert_access_key(conn, access, user_id, secret, now)
+                    repo.insert_access_key(conn, access, user_id, self.box.seal(secret), now)
                 else:
-                    repo.update_access_key(conn, access, secret=secret, user_id=user_id)
+                    repo.update_access_key(conn, access, secret=self.box.seal(secret),
+                                           user_id=user_id)
                 return RootCredentials(access, secret, generated=False)
             if user is not None:
                 return None  # first start is long past; its key was shown then
             new_access, new_secret = generate_access_key(), generate_secret_key()
-            repo.insert_access_key(conn, new_access, user_id, new_secret, now)
+            repo.insert_access_key(conn, new_access, user_id, self.box.seal(new_secret), now)
             return RootCredentials(new_access, new_secret, generated=True)
 
         try:
@@ -83,8 +90,82 @@ class AccountService:
             return hit[1], hit[2]
         found = await self.ctx.db.read(
             lambda conn: repo.principal_for_access_key(conn, access_key))
-        principal, secret = found if found else (None, None)
+        principal, stored = found if found else (None, None)
+        secret = self.box.open(stored) if stored is not None else None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[access_key] = (clock + self.CACHE_TTL, principal, secret)
         return principal, secret
+
+    # -- management (CLI and admin API) ---------------------------------------------------
+
+    async def add_user(self, name: str, *, role: str = "member",
+                       display_name: str | None = None, email: str | None = None,
+                       canonical_id: str | None = None) -> int:
+        if role not in ("admin", "member"):
+            raise ValueError(f"role must be admin or member, not {role!r}")
+        if not name or len(name) > 128:
+            raise ValueError("a user name has 1 to 128 characters")
+        now = datetime.now(UTC)
+        try:
+            return await self.ctx.db.write(lambda conn: repo.insert_user(
+                conn, name, role, now, display_name=display_name, email=email,
+                canonical_id=canonical_id))
+        except IntegrityError:
+            raise ValueError(f"user {name!r} exists already") from None
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        rows = await self.ctx.db.read(repo.list_users)
+        return [{"name": r.name, "role": r.role, "display_name": r.display_name,
+                 "email": r.email, "canonical_id": r.canonical_id, "disabled": r.disabled,
+                 "created_at": r.created_at.isoformat()} for r in rows]
+
+    async def set_user_disabled(self, name: str, disabled: bool) -> None:
+        if not await self.ctx.db.write(lambda conn: repo.set_user_disabled(conn, name,
+                                                                           disabled)):
+            raise ValueError(f"no user {name!r}")
+        self._cache.clear()
+
+    async def create_key(self, user_name: str, access_key: str | None = None,
+                         secret_key: str | None = None) -> tuple[str, str]:
+        """A new S3 key for a user; known keys can be imported. The secret is returned
+        once and stored encrypted."""
+        access = access_key or generate_access_key()
+        secret = secret_key or generate_secret_key()
+        if not 3 <= len(access) <= 128 or "/" in access or not access.isprintable():
+            raise ValueError("an access key has 3 to 128 printable characters, no '/'")
+        if len(secret) < 8:
+            raise ValueError("a secret key has at least 8 characters")
+        now = datetime.now(UTC)
+
+        def unit(conn: Connection) -> None:
+            user = repo.user_by_name(conn, user_name)
+            if user is None:
+                raise ValueError(f"no user {user_name!r}")
+            repo.insert_access_key(conn, access, int(user.id), self.box.seal(secret), now)
+
+        try:
+            await self.ctx.db.write(unit)
+        except IntegrityError:
+            raise ValueError(f"access key {access!r} exists already") from None
+        return access, secret
+
+    async def list_keys(self, user_name: str | None = None) -> list[dict[str, Any]]:
+        def unit(conn: Connection) -> list[Any]:
+            user_id = None
+            if user_name is not None:
+                user = repo.user_by_name(conn, user_name)
+                if user is None:
+                    raise ValueError(f"no user {user_name!r}")
+                user_id = int(user.id)
+            return repo.list_access_keys(conn, user_id)
+
+        rows = await self.ctx.db.read(unit)
+        return [{"access_key": r.access_key, "user": r.user, "enabled": r.enabled,
+                 "created_at": r.created_at.isoformat()} for r in rows]
+
+    async def set_key_enabled(self, access_key: str, enabled: bool) -> None:
+        if not await self.ctx.db.write(
+                lambda conn: repo.set_access_key_enabled(conn, access_key, enabled)):
+            raise ValueError(f"no access key {access_key!r}")
+        self._cache.pop(access_key, None)
