@@ -26,6 +26,14 @@ class Principal:
         return self.role == "anonymous"
 
 
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """How S3 answers name a user: a canonical id and a display name."""
+
+    canonical_id: str
+    display_name: str
+
+
 #: Whoever sends a request without credentials.
 ANONYMOUS = Principal(user_id=0, name="anonymous", role="anonymous")
 

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from tests._errors import client_error
 from tests._server import GatewayProcess
 
+BOB_CANONICAL = "b0b" + "0" * 61
 ALICE_KEY, ALICE_SECRET = "AKALICE0000000000001", "alice-secret-0123456789"
 BOB_KEY, BOB_SECRET = "AKBOB00000000000001", "bob-secret-0123456789"
 
@@ -36,7 +37,7 @@ def client(server: GatewayProcess, key: str, secret: str) -> Any:
 def test_users_and_keys_from_the_cli(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert gw(data, "user", "add", "alice", "--display-name", "Alice").returncode == 0
-    assert gw(data, "user", "add", "bob").returncode == 0
+    assert gw(data, "user", "add", "bob", "--canonical-id", BOB_CANONICAL).returncode == 0
     again = gw(data, "user", "add", "alice")
     assert again.returncode == 1 and "exists" in again.stderr
     made = gw(data, "key", "create", "--user", "alice", "--access-key", ALICE_KEY,
@@ -55,6 +56,13 @@ def test_users_and_keys_from_the_cli(tmp_path: Path) -> None:
         root = client(server, server.access_key, server.secret_key)
         alice.create_bucket(Bucket="alice-kb")
         alice.put_object(Bucket="alice-kb", Key="faq.md", Body=b"# FAQ")
+        # S3 answers name users by their canonical id and display name.
+        assert alice.list_buckets()["Owner"]["DisplayName"] == "Alice"
+        assert bob.list_buckets()["Owner"] == {"ID": BOB_CANONICAL, "DisplayName": "bob"}
+        listed = alice.list_objects_v2(Bucket="alice-kb", FetchOwner=True)["Contents"][0]
+        assert listed["Owner"]["DisplayName"] == "Alice"
+        acl_owner = alice.get_bucket_acl(Bucket="alice-kb")["Owner"]
+        assert acl_owner == alice.list_buckets()["Owner"]
         # Tenants are kept apart; the admin sees everything.
         assert [b["Name"] for b in bob.list_buckets()["Buckets"]] == []
         for call, kwargs in [

@@ -57,9 +57,9 @@ def user_by_name(conn: Connection, name: str) -> Row[Any] | None:
     return (conn.execute(select(users).where(users.c.name == name))).first()
 
 
-def user_name(conn: Connection, user_id: int) -> str | None:
-    row = (conn.execute(select(users.c.name).where(users.c.id == user_id))).first()
-    return row.name if row else None
+def user_owner(conn: Connection, user_id: int) -> Any:
+    return conn.execute(select(users.c.name, users.c.display_name, users.c.canonical_id)
+                        .where(users.c.id == user_id)).first()
 
 
 def count_users(conn: Connection) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import string
 import time
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.auth.credentials import PREFIX, SecretBox
 from gateway.metadata import repo
 from gateway.service.context import Context
-from gateway.types import Principal
+from gateway.types import Owner, Principal
 
 ROOT_USER = "admin"
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
@@ -26,6 +27,11 @@ class RootCredentials:
     access_key: str
     secret_key: str
     generated: bool
+
+
+def default_canonical_id(user_id: int) -> str:
+    """A stable 64-hex id in the shape S3 clients expect, for users given none."""
+    return hashlib.sha256(f"gateway-user:{user_id}".encode()).hexdigest()
 
 
 def generate_access_key() -> str:
@@ -44,6 +50,7 @@ class AccountService:
         self.ctx = ctx
         self.box = box
         self._cache: dict[str, tuple[float, Principal | None, str | None]] = {}
+        self._owners: dict[int, tuple[float, Owner]] = {}
 
     async def ensure_root(self) -> RootCredentials | None:
         """The first admin and its key exist. Returns credentials only when they were
@@ -78,9 +85,22 @@ class AccountService:
             # Another worker process created the root user at the same moment.
             return await self.ctx.db.write(unit)
 
-    async def user_name(self, user_id: int) -> str:
-        name = await self.ctx.db.read(lambda conn: repo.user_name(conn, user_id))
-        return name or str(user_id)
+    async def owner(self, user_id: int) -> Owner:
+        """The canonical id and display name S3 answers show for a user (cached)."""
+        hit = self._owners.get(user_id)
+        clock = time.monotonic()
+        if hit is not None and hit[0] > clock:
+            return hit[1]
+        row = await self.ctx.db.read(lambda conn: repo.user_owner(conn, user_id))
+        if row is None:
+            owner = Owner(default_canonical_id(user_id), str(user_id))
+        else:
+            owner = Owner(row.canonical_id or default_canonical_id(user_id),
+                          row.display_name or row.name)
+        if len(self._owners) > 10_000:
+            self._owners.clear()
+        self._owners[user_id] = (clock + self.CACHE_TTL, owner)
+        return owner
 
     async def lookup(self, access_key: str) -> tuple[Principal | None, str | None]:
         """The principal and secret for an access key, cached briefly (hot path)."""

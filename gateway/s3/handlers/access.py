@@ -7,9 +7,10 @@ from starlette.responses import Response
 from gateway import errors
 from gateway.auth.policy import validate_acl
 from gateway.s3 import cors
-from gateway.s3.handlers.common import canonical_user_id, xml_response
+from gateway.s3.handlers.common import owner_fields, xml_response
 from gateway.s3.request import S3Request
 from gateway.s3.xml import el, local, parse
+from gateway.types import Owner
 
 _XSI = 'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
 ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
@@ -34,8 +35,8 @@ async def delete_bucket_cors(req: S3Request) -> Response:
     return Response(status_code=204)
 
 
-def _policy_xml(owner_id: int, owner_name: str, acl: str) -> list[str]:
-    owner = el("ID", canonical_user_id(owner_id)) + el("DisplayName", owner_name)
+def _policy_xml(owner_record: Owner, acl: str) -> list[str]:
+    owner = owner_fields(owner_record)
     grants = [f'<Grant><Grantee {_XSI} xsi:type="CanonicalUser">{owner}</Grantee>'
               "<Permission>FULL_CONTROL</Permission></Grant>"]
     group = {"public-read": (ALL_USERS, ["READ"]),
@@ -86,8 +87,8 @@ async def put_bucket_acl(req: S3Request) -> Response:
 
 async def get_bucket_acl(req: S3Request) -> Response:
     bucket = await req.gateway.buckets.owned(req.principal, req.bucket)
-    name = await req.gateway.accounts.user_name(bucket.owner_id)
-    return xml_response("AccessControlPolicy", _policy_xml(bucket.owner_id, name, bucket.acl))
+    owner = await req.gateway.accounts.owner(bucket.owner_id)
+    return xml_response("AccessControlPolicy", _policy_xml(owner, bucket.acl))
 
 
 async def put_object_acl(req: S3Request) -> Response:
@@ -100,5 +101,5 @@ async def put_object_acl(req: S3Request) -> Response:
 async def get_object_acl(req: S3Request) -> Response:
     bucket, obj = await req.gateway.objects.get_acl(req.principal, req.bucket, req.key,
                                                     req.query.get("versionId"))
-    name = await req.gateway.accounts.user_name(bucket.owner_id)
-    return xml_response("AccessControlPolicy", _policy_xml(bucket.owner_id, name, obj.acl))
+    owner = await req.gateway.accounts.owner(bucket.owner_id)
+    return xml_response("AccessControlPolicy", _policy_xml(owner, obj.acl))

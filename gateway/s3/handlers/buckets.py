@@ -19,7 +19,7 @@ async def list_buckets(req: S3Request) -> Response:
         for b in buckets
     ]
     return xml_response("ListAllMyBucketsResult", [
-        owner_xml(req.principal.user_id, req.principal.name),
+        owner_xml(await req.gateway.accounts.owner(req.principal.user_id)),
         "<Buckets>" + "".join(items) + "</Buckets>",
     ])
 

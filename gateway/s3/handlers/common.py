@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from email.utils import format_datetime
 
 from starlette.responses import Response
 
 from gateway.s3.xml import document, el
+from gateway.types import Owner
 
 XML = "application/xml"
 
@@ -22,10 +22,9 @@ def http_date(value: object) -> str:
     return format_datetime(value, usegmt=True)  # type: ignore[arg-type]
 
 
-def canonical_user_id(user_id: int) -> str:
-    """A stable 64-hex owner id in the shape S3 clients expect."""
-    return hashlib.sha256(f"gateway-user:{user_id}".encode()).hexdigest()
+def owner_fields(owner: Owner) -> str:
+    return el("ID", owner.canonical_id) + el("DisplayName", owner.display_name)
 
 
-def owner_xml(user_id: int, name: str) -> str:
-    return "<Owner>" + el("ID", canonical_user_id(user_id)) + el("DisplayName", name) + "</Owner>"
+def owner_xml(owner: Owner, element: str = "Owner") -> str:
+    return f"<{element}>{owner_fields(owner)}</{element}>"

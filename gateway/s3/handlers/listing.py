@@ -63,8 +63,7 @@ def _body(listing: Listing, enc: Callable[[str], str], owner: str | None) -> lis
 
 
 async def _owner(req: S3Request, owner_id: int) -> str:
-    name = await req.gateway.accounts.user_name(owner_id)
-    return owner_xml(owner_id, name)
+    return owner_xml(await req.gateway.accounts.owner(owner_id))
 
 
 async def list_objects_v2(req: S3Request) -> Response:

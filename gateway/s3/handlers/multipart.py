@@ -166,13 +166,13 @@ async def list_parts(req: S3Request) -> Response:
         req.principal, req.bucket, req.key, req.query["uploadId"], max_parts=max_parts,
         marker=marker)
     upload = listing.upload
-    owner = owner_xml(upload.owner_id, await req.gateway.accounts.user_name(upload.owner_id))
+    initiator = await req.gateway.accounts.owner(upload.owner_id)
     out = [el("Bucket", req.bucket), el("Key", req.key), el("UploadId", upload.id),
            el("PartNumberMarker", marker)]
     if listing.next_marker is not None:
         out.append(el("NextPartNumberMarker", listing.next_marker))
     out += [el("MaxParts", min(max_parts, MAX_LIST)), el("IsTruncated", listing.is_truncated),
-            owner.replace("<Owner>", "<Initiator>").replace("</Owner>", "</Initiator>"), owner,
+            owner_xml(initiator, "Initiator"), owner_xml(initiator),
             el("StorageClass", upload.storage_class)]
     if upload.checksum_algorithm:
         out += [el("ChecksumAlgorithm", upload.checksum_algorithm),
@@ -217,14 +217,11 @@ async def list_multipart_uploads(req: S3Request) -> Response:
             el("IsTruncated", listing.is_truncated)]
     if encoding:
         out.append(el("EncodingType", "url"))
-    names: dict[int, str] = {}
     for u in listing.uploads:
-        if u.owner_id not in names:
-            names[u.owner_id] = await req.gateway.accounts.user_name(u.owner_id)
-        owner = owner_xml(u.owner_id, names[u.owner_id])
+        initiator = await req.gateway.accounts.owner(u.owner_id)
         out.append("<Upload>" + el("Key", enc(u.key)) + el("UploadId", u.id)
-                   + owner.replace("<Owner>", "<Initiator>").replace("</Owner>", "</Initiator>")
-                   + owner + el("StorageClass", u.storage_class)
+                   + owner_xml(initiator, "Initiator") + owner_xml(initiator)
+                   + el("StorageClass", u.storage_class)
                    + el("Initiated", iso8601(u.initiated_at))
                    + (el("ChecksumAlgorithm", u.checksum_algorithm)
                       if u.checksum_algorithm else "") + "</Upload>")
