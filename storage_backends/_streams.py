@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from abc import ABC, abstractmethod
 from bisect import bisect_right
 from collections.abc import (
     AsyncGenerator,
@@ -92,7 +93,7 @@ def spans(offset: int, length: int, chunk: int = CHUNK_SIZE) -> list[tuple[int, 
     return [(offset + done, min(chunk, length - done)) for done in range(0, length, chunk)]
 
 
-class BaseReader:
+class BaseReader(ABC):
     """What every :class:`~storage_backends.protocol.BlobReader` shares.
 
     Subclasses implement ``_chunks`` and ``_release``. Iteration happens at most once; the
@@ -149,9 +150,11 @@ class BaseReader:
         """Convenience for tests and small blobs: the whole range as one ``bytes``."""
         return b"".join([chunk async for chunk in self])
 
+    @abstractmethod
     def _chunks(self) -> AsyncIterator[bytes]:
-        raise NotImplementedError
+        """The range's bytes, in order (each subclass reads its own medium)."""
 
+    @abstractmethod
     def _release(self) -> None:
         """Free what the reader holds; must not block (closing file descriptors is fine)."""
 
