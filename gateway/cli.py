@@ -31,7 +31,8 @@ _HELP = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="An S3-compatible object gateway for bot platforms.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="start the gateway")
     for f in fields(Settings):
