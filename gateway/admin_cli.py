@@ -12,13 +12,15 @@ import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.auth.credentials import SecretBox
 from gateway.metadata.db import Database
 from gateway.service.accounts import AccountService
 from gateway.service.context import Context
-from gateway.settings import Settings
+from gateway.service.tokens import PERMISSIONS, TokenService
+from gateway.settings import Settings, parse_duration
 from storage_backends.memory import MemoryBackend
 
 
@@ -41,6 +43,22 @@ def add_parsers(sub: Any) -> None:
         p = user.add_parser(verb, parents=[common], help=f"{verb} a user")
         p.add_argument("name")
 
+    token = sub.add_parser("token", help="manage API tokens").add_subparsers(
+        dest="action", required=True)
+    tcreate = token.add_parser("create", parents=[common],
+                               help="create a token (shown once)")
+    tcreate.add_argument("--user", required=True)
+    tcreate.add_argument("--name", required=True)
+    tcreate.add_argument("--permission", action="append", required=True,
+                         choices=PERMISSIONS, help="repeat for several")
+    expiry = tcreate.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in", default="90d", help="e.g. 12h, 30d (default 90d)")
+    expiry.add_argument("--expires-at", help="ISO 8601 date-time")
+    tlist = token.add_parser("list", parents=[common], help="list tokens")
+    tlist.add_argument("--user")
+    revoke = token.add_parser("revoke", parents=[common], help="revoke a token")
+    revoke.add_argument("token_id")
+
     key = sub.add_parser("key", help="manage S3 access keys").add_subparsers(
         dest="action", required=True)
     create = key.add_parser("create", parents=[common],
@@ -56,22 +74,39 @@ def add_parsers(sub: Any) -> None:
 
 
 @asynccontextmanager
-async def _accounts(args: argparse.Namespace) -> AsyncIterator[AccountService]:
+async def _services(args: argparse.Namespace
+                    ) -> AsyncIterator[tuple[AccountService, TokenService]]:
     settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
     db = Database(settings.effective_database_url)
     await db.start()
     try:
         # Account management touches no object bytes: a memory backend stands in.
         ctx = Context(settings, db, MemoryBackend())
-        yield AccountService(ctx, SecretBox.load(settings.secret_key, settings.data_dir))
+        box = SecretBox.load(settings.secret_key, settings.data_dir)
+        yield AccountService(ctx, box), TokenService(ctx)
     finally:
         await db.aclose()
+
+
+def _expiry(args: argparse.Namespace) -> datetime:
+    if args.expires_at:
+        try:
+            at = datetime.fromisoformat(args.expires_at)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 date-time: {args.expires_at!r}") from None
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return datetime.now(UTC) + timedelta(seconds=parse_duration(args.expires_in))
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -79,8 +114,17 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 async def _run(command: str, args: argparse.Namespace) -> Any:
-    async with _accounts(args) as accounts:
+    async with _services(args) as (accounts, tokens):
         match command, args.action:
+            case "token", "create":
+                info, secret = await tokens.create(args.user, args.name, args.permission,
+                                                   _expiry(args))
+                return {**info.as_dict(), "token": secret}
+            case "token", "list":
+                return [t.as_dict() for t in await tokens.list(args.user)]
+            case "token", "revoke":
+                await tokens.revoke(args.token_id)
+                return {"id": args.token_id, "revoked": True}
             case "user", "add":
                 await accounts.add_user(args.name, role=args.role,
                                         display_name=args.display_name, email=args.email,
@@ -106,6 +150,8 @@ async def _run(command: str, args: argparse.Namespace) -> Any:
 _COLUMNS = {
     ("user", "list"): ("name", "role", "display_name", "email", "disabled", "created_at"),
     ("key", "list"): ("access_key", "user", "enabled", "created_at"),
+    ("token", "list"): ("id", "user", "name", "permissions", "prefix", "expires_at",
+                        "revoked_at"),
 }
 
 
@@ -119,6 +165,9 @@ def run(command: str, args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     elif (command, args.action) in _COLUMNS:
         print(_table(result, _COLUMNS[(command, args.action)]))
+    elif command == "token" and args.action == "create":
+        print(f"token: {result['token']}\nid: {result['id']}  expires: {result['expires_at']}"
+              "\n(the token is shown this once; send it Base64-encoded in X-Api-Key)")
     elif command == "key" and args.action == "create":
         print(f"access key: {result['access_key']}\nsecret key: {result['secret_key']}\n"
               "(the secret is shown this once)")

@@ -187,3 +187,19 @@ multipart_parts = Table(
     Column("token", String(128), nullable=False),
     Column("last_modified", UTCDateTime(), nullable=False),
 )
+
+#: API tokens for the JSON API (``X-Api-Key``). Only a SHA-256 of each token is kept.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("name", String(128), nullable=False),
+    Column("permissions", JSON(), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("token_prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection, Row
 
 from gateway.metadata.models import (
     access_keys,
+    api_tokens,
     buckets,
     multipart_parts,
     multipart_uploads,
@@ -431,3 +432,33 @@ def upload_count(conn: Connection, bucket_id: int) -> int:
         multipart_uploads.c.bucket_id == bucket_id)
     return int(conn.execute(stmt).scalar_one())
 
+
+
+# -- API tokens ----------------------------------------------------------------------------
+
+
+def insert_token(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(api_tokens).values(**values))
+
+
+def list_tokens(conn: Connection, user_name: str | None = None) -> list[Any]:
+    stmt = (select(api_tokens, users.c.name.label("user_name"))
+            .select_from(api_tokens.join(users, users.c.id == api_tokens.c.user_id))
+            .order_by(api_tokens.c.created_at))
+    if user_name is not None:
+        stmt = stmt.where(users.c.name == user_name)
+    return list(conn.execute(stmt).all())
+
+
+def revoke_token(conn: Connection, token_id: str, now: datetime) -> bool:
+    result = conn.execute(update(api_tokens).where(
+        api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None)).values(revoked_at=now))
+    return result.rowcount == 1
+
+
+def token_by_hash(conn: Connection, digest: str) -> Any:
+    return conn.execute(
+        select(api_tokens.c.permissions, api_tokens.c.expires_at, api_tokens.c.revoked_at,
+               users.c.id, users.c.name, users.c.role, users.c.disabled)
+        .select_from(api_tokens.join(users, users.c.id == api_tokens.c.user_id))
+        .where(api_tokens.c.token_hash == digest)).first()
