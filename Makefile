@@ -45,7 +45,13 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The load generator is wrk (Debian's package): installed when missing and root.
 bench: $(TEST_STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+	      >/dev/null; \
+	  else echo "make bench needs wrk: apt-get install wrk"; exit 1; fi; }
 	$(BIN)/python -m benchmarks
 
 clean:
