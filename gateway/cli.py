@@ -27,6 +27,13 @@ _HELP = {
     "gc_grace_seconds": "age before an unreferenced blob may be collected",
     "cors_origins": "origins allowed cross-origin on every bucket (comma-separated)",
     "multipart_expiry": "age after which unfinished multipart uploads are aborted (7d)",
+    "quota_bucket_bytes": "default bucket quota in bytes, e.g. 10GiB, or 'unlimited'",
+    "quota_bucket_objects": "default bucket quota in objects, or 'unlimited'",
+    "quota_max_object_size": "default largest object a bucket accepts, e.g. 100MiB",
+    "session_ttl": "lifetime of a JSON API login session (12h)",
+    "rate_limits": "JSON API requests per hour: 'anonymous,authenticated,admin' or 'off'",
+    "rate_limit_s3": "'on': S3 requests count against the same limits (SlowDown)",
+    "redis_url": "shares rate-limit counters between gateway processes",
 }
 
 

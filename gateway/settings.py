@@ -31,10 +31,39 @@ class Settings:
     cors_origins: str = ""
     #: Age after which an unfinished multipart upload is aborted ("7d", "12h", "90m", "3600").
     multipart_expiry: str = "7d"
+    # Per-bucket quota defaults (the Storage API reference's), each overridable per bucket:
+    # a size ("10GiB", "100MB", "5000") or "unlimited".
+    quota_bucket_bytes: str = "10GiB"
+    quota_bucket_objects: str = "10000"
+    quota_max_object_size: str = "100MiB"
+    #: How long a JSON API session (``POST /api/v1/auth/login``) lasts.
+    session_ttl: str = "12h"
+    #: Requests per hour for the JSON API, as "anonymous,authenticated,admin", or "off".
+    rate_limits: str = "60,1000,5000"
+    #: Whether the S3 endpoint counts against the same limits (S3 clients then get SlowDown).
+    rate_limit_s3: str = "off"
+    #: Shares rate-limit counters between gateway processes (``redis://host:6379/0``).
+    redis_url: str = field(default="", repr=False)
 
     @property
     def multipart_expiry_seconds(self) -> int:
         return parse_duration(self.multipart_expiry)
+
+    @property
+    def session_ttl_seconds(self) -> int:
+        return parse_duration(self.session_ttl)
+
+    @property
+    def default_quota_bytes(self) -> int | None:
+        return parse_limit(self.quota_bucket_bytes)
+
+    @property
+    def default_quota_objects(self) -> int | None:
+        return parse_limit(self.quota_bucket_objects)
+
+    @property
+    def default_max_object_size(self) -> int | None:
+        return parse_limit(self.quota_max_object_size)
 
     @property
     def effective_database_url(self) -> str:
@@ -82,6 +111,39 @@ def parse_duration(text: str) -> int:
     if seconds <= 0:
         raise ValueError(f"a duration must be positive: {text!r}")
     return seconds
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+UNLIMITED_WORDS = frozenset({"unlimited", "none", "off"})
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``"5000"``, ``"100MB"`` (decimal) or ``"100MiB"`` (binary)."""
+    value = text.strip().lower().replace(" ", "")
+    digits = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(digits):]
+    if unit not in _SIZE_UNITS or not digits:
+        raise ValueError(f"not a size: {text!r} (e.g. 5000, 100MB, 10GiB)")
+    try:
+        number = float(digits) if "." in digits else int(digits)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 5000, 100MB, 10GiB)") from None
+    size = int(number * _SIZE_UNITS[unit])
+    if size < 0:
+        raise ValueError(f"a size cannot be negative: {text!r}")
+    return size
+
+
+def parse_limit(text: str) -> int | None:
+    """A size, or None for ``"unlimited"``."""
+    if text.strip().lower() in UNLIMITED_WORDS:
+        return None
+    return parse_size(text)
 
 
 ENV_NAMES: tuple[str, ...] = tuple(f"GATEWAY_{f.name.upper()}" for f in fields(Settings))

@@ -46,6 +46,13 @@ class GatewayProcess:
             "GATEWAY_ROOT_ACCESS_KEY": self.access_key,
             "GATEWAY_ROOT_SECRET_KEY": self.secret_key,
             "GATEWAY_LOG_LEVEL": "warning",
+            # The reference's quota defaults (100 MiB objects, 10,000 per bucket) and rate
+            # limits are tested where they matter (test_quotas, test_ratelimit); the other
+            # suites move gigabytes and thousands of requests.
+            "GATEWAY_QUOTA_BUCKET_BYTES": "unlimited",
+            "GATEWAY_QUOTA_BUCKET_OBJECTS": "unlimited",
+            "GATEWAY_QUOTA_MAX_OBJECT_SIZE": "unlimited",
+            "GATEWAY_RATE_LIMITS": "off",
         })
         env.update(self.env_extra)
         return env

@@ -81,6 +81,8 @@ users = Table(
     #: The id S3 answers show as Owner; derived from the user id when not set.
     Column("canonical_id", String(128), nullable=True),
     Column("disabled", Boolean(), nullable=False, default=False, server_default=false()),
+    #: scrypt hash (``gateway.auth.passwords``); NULL: the user cannot log in by password.
+    Column("password_hash", String(256), nullable=True),
 )
 
 access_keys = Table(
@@ -106,6 +108,79 @@ buckets = Table(
     Column("acl", String(32), nullable=False, default="private", server_default="private"),
     #: CORS rules (``gateway.s3.cors``), or NULL when none are configured.
     Column("cors", JSON(), nullable=True),
+    # Quota limits: NULL follows the settings' default, a negative value is unlimited.
+    Column("quota_bytes", BigInteger(), nullable=True),
+    Column("quota_objects", BigInteger(), nullable=True),
+    Column("max_object_size", BigInteger(), nullable=True),
+    #: Bytes of committed objects *and* of uploaded multipart parts.
+    Column("used_bytes", BigInteger(), nullable=False, default=0, server_default="0"),
+    Column("used_objects", BigInteger(), nullable=False, default=0, server_default="0"),
+    #: Held by writes in flight (``quota_reservations``), released when they end.
+    Column("reserved_bytes", BigInteger(), nullable=False, default=0, server_default="0"),
+    Column("reserved_objects", BigInteger(), nullable=False, default=0, server_default="0"),
+)
+
+#: Gateway processes alive (heartbeat), so what a dead one held can be released.
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
+)
+
+#: Quota held by one write in flight; the bucket's ``reserved_*`` are their sum.
+quota_reservations = Table(
+    "quota_reservations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("bucket_id", BigId, ForeignKey("buckets.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("bytes", BigInteger(), nullable=False),
+    Column("objects", Integer(), nullable=False),
+    Column("instance_id", String(32), nullable=False, index=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", BigId, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True,
+           index=True),
+)
+
+#: Who besides the owner may use a bucket: ``read`` (list, get), ``write`` (put, delete,
+#: multipart) or ``full`` (read + write + the bucket's ACL, CORS and grants).
+bucket_grants = Table(
+    "bucket_grants",
+    metadata,
+    Column("bucket_id", BigId, ForeignKey("buckets.id", ondelete="CASCADE"), primary_key=True),
+    Column("grantee_type", String(8), primary_key=True),  # "user" | "group"
+    Column("grantee_id", BigId, primary_key=True),
+    Column("permission", String(8), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_bucket_grants_grantee", "grantee_type", "grantee_id"),
+)
+
+#: Bearer sessions of the JSON API (``POST /api/v1/auth/login``); only a SHA-256 is kept.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
 )
 
 objects = Table(
