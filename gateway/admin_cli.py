@@ -1,4 +1,4 @@
-"""``gateway user …`` and ``gateway key …``: account management from the shell.
+"""``gateway user|key|token|group|grant …``: account management from the shell.
 
 Works on the same database as the server (settings from the environment or flags), without
 a running server, so installations can be scripted — including importing known keys.
@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.auth.credentials import SecretBox
+from gateway.auth.policy import PERMISSIONS as GRANT_PERMISSIONS
+from gateway.errors import GatewayError
 from gateway.metadata.db import Database
 from gateway.service.accounts import AccountService
 from gateway.service.context import Context
+from gateway.service.groups import GroupService
 from gateway.service.tokens import PERMISSIONS, TokenService
 from gateway.settings import Settings, parse_duration
 from storage_backends.memory import MemoryBackend
@@ -38,7 +43,17 @@ def add_parsers(sub: Any) -> None:
     add.add_argument("--email")
     add.add_argument("--canonical-id")
     add.add_argument("--role", choices=["member", "admin"], default="member")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read a login password (JSON API) from standard input")
     user.add_parser("list", parents=[common], help="list users")
+    passwd = user.add_parser("passwd", parents=[common],
+                             help="set a user's login password (ends their sessions)")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true",
+                        help="read the password from standard input (else prompt)")
+    role = user.add_parser("role", parents=[common], help="change a user's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=["member", "admin"])
     for verb in ("disable", "enable"):
         p = user.add_parser(verb, parents=[common], help=f"{verb} a user")
         p.add_argument("name")
@@ -59,6 +74,35 @@ def add_parsers(sub: Any) -> None:
     revoke = token.add_parser("revoke", parents=[common], help="revoke a token")
     revoke.add_argument("token_id")
 
+    group = sub.add_parser("group", help="manage groups of users").add_subparsers(
+        dest="action", required=True)
+    gadd = group.add_parser("add", parents=[common], help="create a group")
+    gadd.add_argument("name")
+    group.add_parser("list", parents=[common], help="list groups and their members")
+    gdel = group.add_parser("delete", parents=[common],
+                            help="delete a group (and the grants it held)")
+    gdel.add_argument("name")
+    for verb in ("add-member", "remove-member"):
+        p = group.add_parser(verb, parents=[common], help=f"{verb.replace('-', ' ')}")
+        p.add_argument("group")
+        p.add_argument("user")
+
+    grant = sub.add_parser("grant", help="share buckets with users and groups")\
+        .add_subparsers(dest="action", required=True)
+    gset = grant.add_parser("set", parents=[common],
+                            help="grant (or change) access to a bucket")
+    glist = grant.add_parser("list", parents=[common], help="list a bucket's grants")
+    grevoke = grant.add_parser("revoke", parents=[common], help="revoke a grant")
+    for p in (gset, glist, grevoke):
+        p.add_argument("bucket")
+    for p in (gset, grevoke):
+        who = p.add_mutually_exclusive_group(required=True)
+        who.add_argument("--user")
+        who.add_argument("--group")
+    gset.add_argument("--permission", required=True, choices=GRANT_PERMISSIONS,
+                      help="read: list and get; write: also put and delete; "
+                           "full: also the bucket's ACL, CORS and grants")
+
     key = sub.add_parser("key", help="manage S3 access keys").add_subparsers(
         dest="action", required=True)
     create = key.add_parser("create", parents=[common],
@@ -73,9 +117,15 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("access_key")
 
 
+@dataclass
+class _Services:
+    accounts: AccountService
+    tokens: TokenService
+    groups: GroupService
+
+
 @asynccontextmanager
-async def _services(args: argparse.Namespace
-                    ) -> AsyncIterator[tuple[AccountService, TokenService]]:
+async def _services(args: argparse.Namespace) -> AsyncIterator[_Services]:
     settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
     db = Database(settings.effective_database_url)
     await db.start()
@@ -83,7 +133,7 @@ async def _services(args: argparse.Namespace
         # Account management touches no object bytes: a memory backend stands in.
         ctx = Context(settings, db, MemoryBackend())
         box = SecretBox.load(settings.secret_key, settings.data_dir)
-        yield AccountService(ctx, box), TokenService(ctx)
+        yield _Services(AccountService(ctx, box), TokenService(ctx), GroupService(ctx))
     finally:
         await db.aclose()
 
@@ -113,8 +163,22 @@ def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise ValueError("the passwords differ")
+    return first
+
+
+def _grantee(args: argparse.Namespace) -> tuple[str, str]:
+    return ("user", args.user) if args.user is not None else ("group", args.group)
+
+
 async def _run(command: str, args: argparse.Namespace) -> Any:
-    async with _services(args) as (accounts, tokens):
+    async with _services(args) as svc:
+        accounts, tokens, groups = svc.accounts, svc.tokens, svc.groups
         match command, args.action:
             case "token", "create":
                 info, secret = await tokens.create(args.user, args.name, args.permission,
@@ -126,10 +190,41 @@ async def _run(command: str, args: argparse.Namespace) -> Any:
                 await tokens.revoke(args.token_id)
                 return {"id": args.token_id, "revoked": True}
             case "user", "add":
+                password = _read_password(args) if args.password_stdin else None
                 await accounts.add_user(args.name, role=args.role,
                                         display_name=args.display_name, email=args.email,
-                                        canonical_id=args.canonical_id)
+                                        canonical_id=args.canonical_id, password=password)
                 return {"name": args.name, "role": args.role}
+            case "user", "passwd":
+                await accounts.set_password(args.name, _read_password(args))
+                return {"name": args.name, "password": "set"}
+            case "user", "role":
+                await accounts.set_role(args.name, args.role)
+                return {"name": args.name, "role": args.role}
+            case "group", "add":
+                await groups.create_group(args.name)
+                return {"group": args.name}
+            case "group", "list":
+                return await groups.list_groups()
+            case "group", "delete":
+                await groups.delete_group(args.name)
+                return {"group": args.name, "deleted": True}
+            case "group", "add-member":
+                await groups.add_member(args.group, args.user)
+                return {"group": args.group, "member": args.user}
+            case "group", "remove-member":
+                await groups.remove_member(args.group, args.user)
+                return {"group": args.group, "removed": args.user}
+            case "grant", "set":
+                kind, name = _grantee(args)
+                return await groups.grant(args.bucket, kind, name, args.permission)
+            case "grant", "list":
+                return await groups.list_grants(args.bucket)
+            case "grant", "revoke":
+                kind, name = _grantee(args)
+                await groups.revoke(args.bucket, kind, name)
+                return {"bucket": args.bucket, "grantee_type": kind, "grantee": name,
+                        "revoked": True}
             case "user", "list":
                 return await accounts.list_users()
             case "user", ("disable" | "enable"):
@@ -150,6 +245,8 @@ async def _run(command: str, args: argparse.Namespace) -> Any:
 _COLUMNS = {
     ("user", "list"): ("name", "role", "display_name", "email", "disabled", "created_at"),
     ("key", "list"): ("access_key", "user", "enabled", "created_at"),
+    ("group", "list"): ("name", "members", "created_at"),
+    ("grant", "list"): ("grantee_type", "grantee", "permission", "created_at"),
     ("token", "list"): ("id", "user", "name", "permissions", "prefix", "expires_at",
                         "revoked_at"),
 }
@@ -158,7 +255,7 @@ _COLUMNS = {
 def run(command: str, args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(_run(command, args))
-    except ValueError as exc:
+    except (ValueError, GatewayError) as exc:
         print(f"gateway {command} {args.action}: {exc}", file=sys.stderr)
         return 1
     if args.json:

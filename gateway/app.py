@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
+from gateway.api import build_api
 from gateway.core import Gateway
 from gateway.metadata.db import Database
+from gateway.ratelimit import RateLimits
 from gateway.s3.endpoint import S3Endpoint
 from gateway.s3.routing import split_host_bucket
 from gateway.service.accounts import RootCredentials
@@ -50,8 +52,11 @@ class GatewayApp:
         self.settings = settings
         self.s3 = S3Endpoint()
         self.gateway: Gateway | None = None
+        #: Rate-limit policy and counters, while running (the JSON API checks them too).
+        self.rate_limits: RateLimits | None = None
         self.own = Starlette(
-            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz)],
+            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz),
+                    Mount("/api", app=build_api(self))],
             lifespan=self.lifespan,
         )
 
@@ -76,6 +81,7 @@ class GatewayApp:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
         settings.multipart_expiry_seconds  # noqa: B018 - a bad value stops the start here
+        rate_limits = RateLimits.from_settings(settings)  # a bad value stops the start here
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
         await db.start()
@@ -84,15 +90,22 @@ class GatewayApp:
         creds = await gateway.accounts.ensure_root()
         if creds is not None and creds.generated:
             announce_root(creds)
+        self.rate_limits = self.s3.rate_limits = rate_limits
         self.gateway = self.s3.gateway = gateway
-        gc_task = asyncio.create_task(self._gc_loop(gateway))
+        await gateway.quotas.register()
+        tasks = [asyncio.create_task(self._gc_loop(gateway)),
+                 asyncio.create_task(self._heartbeat_loop(gateway))]
         try:
             yield
         finally:
-            gc_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gc_task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             self.s3.gateway = None
+            self.rate_limits = self.s3.rate_limits = None
+            await rate_limits.aclose()
             await backend.aclose()
             await db.aclose()
 
@@ -106,6 +119,15 @@ class GatewayApp:
                 log.exception("housekeeping failed; will retry")
             await asyncio.sleep(min(GC_INTERVAL_SECONDS,
                                     gateway.settings.multipart_expiry_seconds))
+
+    async def _heartbeat_loop(self, gateway: Gateway) -> None:
+        """This instance is alive; what stopped ones held for their writes is released."""
+        while True:
+            try:
+                await gateway.quotas.heartbeat()
+            except Exception:
+                log.exception("heartbeat failed; will retry")
+            await asyncio.sleep(gateway.settings.heartbeat_seconds)
 
     async def healthz(self, _request: Request) -> Response:
         return PlainTextResponse("ok")

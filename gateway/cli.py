@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import fields
 
-from gateway import admin_cli
+from gateway import admin_cli, quota_cli
 from gateway.settings import Settings
 
 _HELP = {
@@ -30,6 +30,7 @@ _HELP = {
     "quota_bucket_bytes": "default bucket quota in bytes, e.g. 10GiB, or 'unlimited'",
     "quota_bucket_objects": "default bucket quota in objects, or 'unlimited'",
     "quota_max_object_size": "default largest object a bucket accepts, e.g. 100MiB",
+    "heartbeat_seconds": "instance heartbeat; silent for 3 beats = presumed dead (10)",
     "session_ttl": "lifetime of a JSON API login session (12h)",
     "rate_limits": "JSON API requests per hour: 'anonymous,authenticated,admin' or 'off'",
     "rate_limit_s3": "'on': S3 requests count against the same limits (SlowDown)",
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=f.name, default=None,
                            help=f"{_HELP.get(f.name, '')} (env {env})")
     admin_cli.add_parsers(sub)
+    quota_cli.add_parsers(sub)
     return parser
 
 
@@ -55,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "quota":
+        return quota_cli.run(args)
     return admin_cli.run(args.command, args)
 
 

@@ -9,8 +9,12 @@ from gateway.metadata.db import Database
 from gateway.service.accounts import AccountService
 from gateway.service.buckets import BucketService
 from gateway.service.context import Context
+from gateway.service.groups import GroupService
 from gateway.service.multipart import MultipartService
 from gateway.service.objects import ObjectService
+from gateway.service.quota import QuotaService
+from gateway.service.sessions import SessionService
+from gateway.service.tokens import TokenService
 from gateway.settings import Settings
 from storage_backends import Backend
 
@@ -22,6 +26,10 @@ class Gateway:
     buckets: BucketService
     objects: ObjectService
     multipart: MultipartService
+    quotas: QuotaService
+    sessions: SessionService
+    groups: GroupService
+    tokens: TokenService
 
     @property
     def settings(self) -> Settings:
@@ -30,8 +38,12 @@ class Gateway:
     @classmethod
     def build(cls, settings: Settings, db: Database, backend: Backend) -> Gateway:
         ctx = Context(settings, db, backend)
-        objects = ObjectService(ctx)
+        quotas = QuotaService(ctx)
+        objects = ObjectService(ctx, quotas)
         multipart = MultipartService(ctx, objects)
         box = SecretBox.load(settings.secret_key, settings.data_dir)
-        return cls(ctx, AccountService(ctx, box), BucketService(ctx, multipart), objects,
-                   multipart)
+        accounts = AccountService(ctx, box)
+        return cls(ctx, accounts, BucketService(ctx, multipart), objects,
+                   multipart, quotas, sessions=SessionService(ctx, accounts),
+                   groups=GroupService(ctx, accounts.invalidate),
+                   tokens=TokenService(ctx))

@@ -36,6 +36,9 @@ class Settings:
     quota_bucket_bytes: str = "10GiB"
     quota_bucket_objects: str = "10000"
     quota_max_object_size: str = "100MiB"
+    #: How often (seconds) an instance proves it is alive; one silent for three beats is
+    #: presumed dead and the quota it held for writes in flight is released.
+    heartbeat_seconds: int = 10
     #: How long a JSON API session (``POST /api/v1/auth/login``) lasts.
     session_ttl: str = "12h"
     #: Requests per hour for the JSON API, as "anonymous,authenticated,admin", or "off".

@@ -16,6 +16,8 @@ class Principal:
     name: str
     role: str
     access_key: str | None = None
+    #: The groups the user belongs to (their grants apply too).
+    group_ids: tuple[int, ...] = ()
 
     @property
     def is_admin(self) -> bool:
@@ -47,6 +49,14 @@ class BucketRecord:
     created_at: datetime
     acl: str = "private"
     cors: list[dict[str, Any]] | None = None
+    # Quota limits as stored: None follows the settings' default, negative is unlimited.
+    quota_bytes: int | None = None
+    quota_objects: int | None = None
+    max_object_size: int | None = None
+    used_bytes: int = 0
+    used_objects: int = 0
+    reserved_bytes: int = 0
+    reserved_objects: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,22 @@
 """Who may do what.
 
-Today: admins everything; an owner their own buckets; anonymous callers only *read*, and
-only what a canned ACL made public. A bucket's ``public-read`` lets anyone list it and read
-its objects (what users of MinIO's "download" policy and of a public bucket expect); an
-object's ``public-read`` opens that object alone. Grants to other users and groups arrive
-with accounts.
+Admins may do everything; an owner everything on their own buckets. Other users act through
+*grants* on a bucket, to them or to one of their groups: ``read`` (list the bucket, read its
+objects, copy from it), ``write`` (read, plus put, delete, copy into, multipart) and
+``full`` (write, plus the bucket's ACL, CORS configuration and grants, and object ACLs).
+Deleting a bucket stays its owner's (and admins').
+
+Anonymous callers only *read*, and only what a canned ACL made public. A bucket's
+``public-read`` lets anyone list it and read its objects (what users of MinIO's "download"
+policy and of a public bucket expect); an object's ``public-read`` opens that object alone.
+
+These functions are pure: the service loads the caller's grants (only when
+:func:`needs_grants` says they matter, so owners and admins pay no query) and passes them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from gateway.errors import AccessDenied, InvalidArgument
 from gateway.types import BucketRecord, ObjectRecord, Principal
@@ -18,6 +27,12 @@ CANNED_ACLS = frozenset({
 })
 PUBLIC_READ = frozenset({"public-read", "public-read-write"})
 
+READ, WRITE, FULL = "read", "write", "full"
+#: Grant permissions, weakest first: each includes the ones before it.
+PERMISSIONS = (READ, WRITE, FULL)
+_RANK = {name: rank for rank, name in enumerate(PERMISSIONS, start=1)}
+NO_GRANTS: frozenset[str] = frozenset()
+
 
 def validate_acl(value: str | None) -> str:
     if value is None or value == "":
@@ -27,27 +42,62 @@ def validate_acl(value: str | None) -> str:
     return value
 
 
+def validate_permission(value: str) -> str:
+    if value not in _RANK:
+        raise InvalidArgument(f"a permission is one of {', '.join(PERMISSIONS)}, not {value!r}",
+                              name="permission", value=value)
+    return value
+
+
 def is_owner(principal: Principal, bucket: BucketRecord) -> bool:
     return principal.is_admin or (not principal.is_anonymous
                                   and bucket.owner_id == principal.user_id)
 
 
-def require_bucket_access(principal: Principal, bucket: BucketRecord, *, write: bool) -> None:
-    if is_owner(principal, bucket):
+def needs_grants(principal: Principal, bucket: BucketRecord) -> bool:
+    """Whether the caller's grants on the bucket can change a decision (not for owners,
+    admins or anonymous callers)."""
+    return not principal.is_anonymous and not is_owner(principal, bucket)
+
+
+def holds(grants: Collection[str], needed: str) -> bool:
+    """Whether any of the grants includes the ``needed`` permission."""
+    rank = _RANK[needed]
+    return any(_RANK.get(g, 0) >= rank for g in grants)
+
+
+def opens_access(acl: str) -> bool:
+    """A canned ACL that lets others read: setting it is a ``full`` matter."""
+    return acl in PUBLIC_READ
+
+
+def require_bucket_access(principal: Principal, bucket: BucketRecord, *, write: bool,
+                          grants: Collection[str] = NO_GRANTS) -> None:
+    if is_owner(principal, bucket) or (not write and bucket.acl in PUBLIC_READ):
         return
-    if principal.is_anonymous and not write and bucket.acl in PUBLIC_READ:
+    if not principal.is_anonymous and holds(grants, WRITE if write else READ):
+        return
+    raise AccessDenied()
+
+
+def require_full(principal: Principal, bucket: BucketRecord,
+                 grants: Collection[str] = NO_GRANTS) -> None:
+    """The bucket's ACL, CORS rules, grants and its objects' ACLs: owner, admins, ``full``."""
+    if is_owner(principal, bucket) or (not principal.is_anonymous and holds(grants, FULL)):
         return
     raise AccessDenied()
 
 
 def require_owner(principal: Principal, bucket: BucketRecord) -> None:
-    """ACLs and CORS rules are the owner's to read and change."""
+    """What no grant gives: deleting the bucket."""
     if not is_owner(principal, bucket):
         raise AccessDenied()
 
 
 def may_read_object(principal: Principal, bucket: BucketRecord,
-                    obj: ObjectRecord | None) -> bool:
+                    obj: ObjectRecord | None, grants: Collection[str] = NO_GRANTS) -> bool:
     if is_owner(principal, bucket) or bucket.acl in PUBLIC_READ:
         return True
-    return principal.is_anonymous and obj is not None and obj.acl in PUBLIC_READ
+    if obj is not None and obj.acl in PUBLIC_READ:
+        return True
+    return not principal.is_anonymous and holds(grants, READ)

@@ -9,17 +9,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from gateway.metadata.models import (
     access_keys,
     api_tokens,
+    bucket_grants,
     buckets,
+    group_members,
+    groups,
+    instances,
     multipart_parts,
     multipart_uploads,
     object_parts,
     objects,
+    quota_reservations,
+    sessions,
     users,
 )
 from gateway.types import (
@@ -135,10 +141,17 @@ def update_access_key(conn: Connection, access_key: str, *, secret: str,
 
 def _bucket(row: Row[Any]) -> BucketRecord:
     return BucketRecord(row.id, row.name, row.owner_id, row.region, row.created_at,
-                        row.acl, row.cors)
+                        row.acl, row.cors, row.quota_bytes, row.quota_objects,
+                        row.max_object_size, row.used_bytes, row.used_objects,
+                        row.reserved_bytes, row.reserved_objects)
 
 
 _BUCKET_BY_NAME = select(buckets).where(buckets.c.name == bindparam("name"))
+
+
+def bucket_by_id(conn: Connection, bucket_id: int) -> BucketRecord | None:
+    row = conn.execute(select(buckets).where(buckets.c.id == bucket_id)).first()
+    return _bucket(row) if row else None
 
 
 def bucket_by_name(conn: Connection, name: str) -> BucketRecord | None:
@@ -351,10 +364,21 @@ def set_upload_state(conn: Connection, upload_id: str, state: str) -> bool:
     return result.rowcount == 1
 
 
-def delete_upload(conn: Connection, upload_id: str) -> bool:
+def delete_upload(conn: Connection, upload_id: str) -> int | None:
+    """Remove an upload and its parts, and the parts' bytes from the bucket's usage;
+    the bytes freed, or None when there was no such upload."""
+    bucket_id = conn.execute(select(multipart_uploads.c.bucket_id)
+                             .where(multipart_uploads.c.id == upload_id)).scalar()
+    if bucket_id is None:
+        return None
+    freed = upload_parts_size(conn, upload_id)
     conn.execute(delete(multipart_parts).where(multipart_parts.c.upload_id == upload_id))
     result = conn.execute(delete(multipart_uploads).where(multipart_uploads.c.id == upload_id))
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return None
+    if freed:
+        adjust_usage(conn, int(bucket_id), -freed, 0)
+    return freed
 
 
 def part(conn: Connection, upload_id: str, part_number: int) -> PartRecord | None:
@@ -364,8 +388,8 @@ def part(conn: Connection, upload_id: str, part_number: int) -> PartRecord | Non
     return _part(row) if row else None
 
 
-def put_part_row(conn: Connection, upload_id: str, record: PartRecord) -> str | None:
-    """Record a part; returns the token of the attempt it supersedes, if any."""
+def put_part_row(conn: Connection, upload_id: str, record: PartRecord) -> PartRecord | None:
+    """Record a part; returns the attempt it supersedes, if any."""
     values = {"size": record.size, "etag": record.etag, "checksum_value": record.checksum_value,
               "token": record.token, "last_modified": record.last_modified}
     old = part(conn, upload_id, record.part_number)
@@ -376,7 +400,7 @@ def put_part_row(conn: Connection, upload_id: str, record: PartRecord) -> str | 
     conn.execute(update(multipart_parts).where(
         multipart_parts.c.upload_id == upload_id,
         multipart_parts.c.part_number == record.part_number).values(**values))
-    return old.token
+    return old
 
 
 def parts(conn: Connection, upload_id: str, *, after: int = 0,
@@ -462,3 +486,361 @@ def token_by_hash(conn: Connection, digest: str) -> Any:
                users.c.id, users.c.name, users.c.role, users.c.disabled)
         .select_from(api_tokens.join(users, users.c.id == api_tokens.c.user_id))
         .where(api_tokens.c.token_hash == digest)).first()
+
+
+# -- quotas --------------------------------------------------------------------------------
+# A bucket's limits are ``COALESCE(column, :default)`` with a negative value meaning
+# unlimited, so a change of the settings' defaults applies to every bucket that has none.
+
+def _within(used: Any, reserved: Any, limit: Any, extra: Any) -> Any:
+    return or_(limit < 0, used + reserved + extra <= limit)
+
+
+_LIMIT_BYTES = func.coalesce(buckets.c.quota_bytes, bindparam("default_bytes"))
+_LIMIT_OBJECTS = func.coalesce(buckets.c.quota_objects, bindparam("default_objects"))
+
+#: The one statement that holds quota: it cannot overshoot, whoever runs concurrently.
+_RESERVE = (
+    update(buckets)
+    .where(buckets.c.id == bindparam("b_id"),
+           _within(buckets.c.used_bytes, buckets.c.reserved_bytes, _LIMIT_BYTES,
+                   bindparam("add_bytes")),
+           _within(buckets.c.used_objects, buckets.c.reserved_objects, _LIMIT_OBJECTS,
+                   bindparam("add_objects")))
+    .values(reserved_bytes=buckets.c.reserved_bytes + bindparam("add_bytes"),
+            reserved_objects=buckets.c.reserved_objects + bindparam("add_objects"))
+)
+
+#: Commit a write: usage moves by the real delta and the reservation goes. A delta within
+#: what was reserved (or released in the same transaction) always passes; more must fit.
+_APPLY = (
+    update(buckets)
+    .where(buckets.c.id == bindparam("b_id"),
+           or_(bindparam("d_bytes") <= bindparam("allow_bytes"),
+               _within(buckets.c.used_bytes, buckets.c.reserved_bytes - bindparam("r_bytes"),
+                       _LIMIT_BYTES, bindparam("d_bytes"))),
+           or_(bindparam("d_objects") <= bindparam("allow_objects"),
+               _within(buckets.c.used_objects,
+                       buckets.c.reserved_objects - bindparam("r_objects"),
+                       _LIMIT_OBJECTS, bindparam("d_objects"))))
+    .values(used_bytes=buckets.c.used_bytes + bindparam("d_bytes"),
+            used_objects=buckets.c.used_objects + bindparam("d_objects"),
+            reserved_bytes=buckets.c.reserved_bytes - bindparam("r_bytes"),
+            reserved_objects=buckets.c.reserved_objects - bindparam("r_objects"))
+)
+
+_ADJUST_USAGE = (
+    update(buckets).where(buckets.c.id == bindparam("b_id"))
+    .values(used_bytes=buckets.c.used_bytes + bindparam("d_bytes"),
+            used_objects=buckets.c.used_objects + bindparam("d_objects"))
+)
+
+_LATEST_SIZE = select(objects.c.size).where(
+    objects.c.bucket_id == bindparam("bucket_id"), objects.c.key == bindparam("key"),
+    objects.c.is_latest.is_(True), objects.c.is_delete_marker.is_(False))
+
+
+def latest_size(conn: Connection, bucket_id: int, key: str) -> int | None:
+    value = conn.execute(_LATEST_SIZE, {"bucket_id": bucket_id, "key": key}).scalar()
+    return None if value is None else int(value)
+
+
+def reserve_quota(conn: Connection, *, bucket_id: int, add_bytes: int, add_objects: int,
+                  defaults: tuple[int, int]) -> bool:
+    result = conn.execute(_RESERVE, {
+        "b_id": bucket_id, "add_bytes": add_bytes, "add_objects": add_objects,
+        "default_bytes": defaults[0], "default_objects": defaults[1]})
+    return result.rowcount == 1
+
+
+def insert_reservation(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(quota_reservations).values(**values))
+
+
+def take_reservation(conn: Connection, reservation_id: str) -> tuple[int, int] | None:
+    """Remove a reservation row; its (bytes, objects), or None if it was already released
+    (its instance was presumed dead)."""
+    row = conn.execute(select(quota_reservations.c.bytes, quota_reservations.c.objects)
+                       .where(quota_reservations.c.id == reservation_id)).first()
+    if row is None:
+        return None
+    conn.execute(delete(quota_reservations).where(quota_reservations.c.id == reservation_id))
+    return int(row.bytes), int(row.objects)
+
+
+def apply_usage(conn: Connection, *, bucket_id: int, d_bytes: int, d_objects: int,
+                reserved: tuple[int, int], allowance: tuple[int, int],
+                defaults: tuple[int, int]) -> bool:
+    result = conn.execute(_APPLY, {
+        "b_id": bucket_id, "d_bytes": d_bytes, "d_objects": d_objects,
+        "r_bytes": reserved[0], "r_objects": reserved[1],
+        "allow_bytes": allowance[0], "allow_objects": allowance[1],
+        "default_bytes": defaults[0], "default_objects": defaults[1]})
+    return result.rowcount == 1
+
+
+def release_reserved(conn: Connection, bucket_id: int, nbytes: int, nobjects: int) -> None:
+    conn.execute(update(buckets).where(buckets.c.id == bucket_id).values(
+        reserved_bytes=buckets.c.reserved_bytes - nbytes,
+        reserved_objects=buckets.c.reserved_objects - nobjects))
+
+
+def adjust_usage(conn: Connection, bucket_id: int, d_bytes: int, d_objects: int) -> None:
+    conn.execute(_ADJUST_USAGE, {"b_id": bucket_id, "d_bytes": d_bytes, "d_objects": d_objects})
+
+
+def upload_parts_size(conn: Connection, upload_id: str) -> int:
+    return int(conn.execute(select(func.coalesce(func.sum(multipart_parts.c.size), 0))
+                            .where(multipart_parts.c.upload_id == upload_id)).scalar_one())
+
+
+def set_bucket_limits(conn: Connection, bucket_id: int, values: dict[str, int | None]) -> bool:
+    result = conn.execute(update(buckets).where(buckets.c.id == bucket_id).values(**values))
+    return result.rowcount == 1
+
+
+def buckets_with_owners(conn: Connection, name: str | None = None
+                        ) -> list[tuple[BucketRecord, str]]:
+    stmt = (select(buckets, users.c.name.label("owner_name"))
+            .select_from(buckets.join(users, users.c.id == buckets.c.owner_id))
+            .order_by(buckets.c.name))
+    if name is not None:
+        stmt = stmt.where(buckets.c.name == name)
+    rows = conn.execute(stmt).all()
+    return [(_bucket(r), r.owner_name) for r in rows]
+
+
+def stored_usage(conn: Connection, bucket_id: int) -> tuple[int, int]:
+    """What a bucket really holds, counted from its rows (fsck, tests)."""
+    objs = conn.execute(select(func.count(), func.coalesce(func.sum(objects.c.size), 0))
+                        .where(objects.c.bucket_id == bucket_id,
+                               objects.c.is_delete_marker.is_(False))).one()
+    parts = conn.execute(select(func.coalesce(func.sum(multipart_parts.c.size), 0))
+                         .select_from(multipart_parts.join(
+                             multipart_uploads,
+                             multipart_uploads.c.id == multipart_parts.c.upload_id))
+                         .where(multipart_uploads.c.bucket_id == bucket_id)).scalar_one()
+    return int(objs[1]) + int(parts), int(objs[0])
+
+
+# -- instances -----------------------------------------------------------------------------
+
+def register_instance(conn: Connection, instance_id: str, now: datetime) -> None:
+    conn.execute(insert(instances).values(id=instance_id, started_at=now, heartbeat_at=now))
+
+
+def heartbeat(conn: Connection, instance_id: str, now: datetime) -> None:
+    result = conn.execute(update(instances).where(instances.c.id == instance_id)
+                          .values(heartbeat_at=now))
+    if result.rowcount == 0:  # presumed dead by another instance, yet alive: come back
+        register_instance(conn, instance_id, now)
+
+
+def release_dead_instances(conn: Connection, stale_before: datetime, alive: str) -> int:
+    """Release what instances silent since ``stale_before`` held; returns reservations
+    released."""
+    dead = select(instances.c.id).where(instances.c.heartbeat_at < stale_before,
+                                        instances.c.id != alive)
+    # Reservations of instances that never registered (or were already removed) too.
+    orphan = ~quota_reservations.c.instance_id.in_(select(instances.c.id))
+    cond = or_(quota_reservations.c.instance_id.in_(dead), orphan)
+    cond = and_(cond, quota_reservations.c.instance_id != alive)
+    sums = conn.execute(
+        select(quota_reservations.c.bucket_id, func.sum(quota_reservations.c.bytes),
+               func.sum(quota_reservations.c.objects), func.count())
+        .where(cond).group_by(quota_reservations.c.bucket_id)).all()
+    released = 0
+    for bucket_id, nbytes, nobjects, count in sums:
+        release_reserved(conn, bucket_id, int(nbytes), int(nobjects))
+        released += int(count)
+    conn.execute(delete(quota_reservations).where(cond))
+    conn.execute(delete(instances).where(instances.c.heartbeat_at < stale_before,
+                                         instances.c.id != alive))
+    return released
+
+
+# == passwords, sessions, groups and bucket grants ========================================
+# (kept together at the end: gateway.service.sessions and gateway.service.groups)
+
+
+def user_by_id(conn: Connection, user_id: int) -> Row[Any] | None:
+    return conn.execute(select(users).where(users.c.id == user_id)).first()
+
+
+_GROUP_IDS = (select(group_members.c.group_id)
+              .where(group_members.c.user_id == bindparam("user_id"))
+              .order_by(group_members.c.group_id))
+
+
+def group_ids_for_user(conn: Connection, user_id: int) -> tuple[int, ...]:
+    return tuple(int(g) for g in conn.execute(_GROUP_IDS, {"user_id": user_id}).scalars())
+
+
+def group_names_for_user(conn: Connection, user_id: int) -> list[str]:
+    stmt = (select(groups.c.name)
+            .select_from(groups.join(group_members, group_members.c.group_id == groups.c.id))
+            .where(group_members.c.user_id == user_id).order_by(groups.c.name))
+    return list(conn.execute(stmt).scalars())
+
+
+def set_password_hash(conn: Connection, name: str, password_hash: str | None) -> int | None:
+    """Returns the user's id, None when there is no such user."""
+    row = conn.execute(update(users).where(users.c.name == name)
+                       .values(password_hash=password_hash).returning(users.c.id)).first()
+    return int(row.id) if row else None
+
+
+def set_user_role(conn: Connection, name: str, role: str) -> bool:
+    result = conn.execute(update(users).where(users.c.name == name).values(role=role))
+    return result.rowcount == 1
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+def insert_session(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(sessions).values(**values))
+
+
+_SESSION_BY_HASH = (
+    select(sessions.c.expires_at, users.c.id, users.c.name, users.c.role, users.c.disabled)
+    .select_from(sessions.join(users, users.c.id == sessions.c.user_id))
+    .where(sessions.c.token_hash == bindparam("digest"))
+)
+
+
+def session_by_hash(conn: Connection, digest: str) -> Any:
+    return conn.execute(_SESSION_BY_HASH, {"digest": digest}).first()
+
+
+def delete_session(conn: Connection, digest: str) -> bool:
+    result = conn.execute(delete(sessions).where(sessions.c.token_hash == digest))
+    return result.rowcount == 1
+
+
+def delete_user_sessions(conn: Connection, user_id: int) -> int:
+    return int(conn.execute(delete(sessions).where(sessions.c.user_id == user_id)).rowcount)
+
+
+def delete_expired_sessions(conn: Connection, now: datetime) -> int:
+    return int(conn.execute(delete(sessions).where(sessions.c.expires_at <= now)).rowcount)
+
+
+# -- groups ----------------------------------------------------------------------------------
+
+
+def insert_group(conn: Connection, name: str, now: datetime) -> int:
+    result = conn.execute(insert(groups).values(name=name, created_at=now)
+                          .returning(groups.c.id))
+    return int(result.scalar_one())
+
+
+def group_by_name(conn: Connection, name: str) -> Row[Any] | None:
+    return conn.execute(select(groups).where(groups.c.name == name)).first()
+
+
+def list_groups(conn: Connection) -> list[tuple[Row[Any], list[str]]]:
+    """Every group with its members' names."""
+    rows = conn.execute(select(groups).order_by(groups.c.name)).all()
+    members: dict[int, list[str]] = {}
+    for group_id, user_name in conn.execute(
+            select(group_members.c.group_id, users.c.name)
+            .select_from(group_members.join(users, users.c.id == group_members.c.user_id))
+            .order_by(users.c.name)).all():
+        members.setdefault(int(group_id), []).append(user_name)
+    return [(r, members.get(int(r.id), [])) for r in rows]
+
+
+def delete_group(conn: Connection, group_id: int) -> None:
+    """The group, its memberships and the grants it held (grantee ids have no foreign key)."""
+    conn.execute(delete(bucket_grants).where(bucket_grants.c.grantee_type == "group",
+                                             bucket_grants.c.grantee_id == group_id))
+    conn.execute(delete(group_members).where(group_members.c.group_id == group_id))
+    conn.execute(delete(groups).where(groups.c.id == group_id))
+
+
+def add_group_member(conn: Connection, group_id: int, user_id: int) -> bool:
+    """False when the user was a member already."""
+    present = conn.execute(select(group_members.c.user_id).where(
+        group_members.c.group_id == group_id, group_members.c.user_id == user_id)).first()
+    if present is not None:
+        return False
+    conn.execute(insert(group_members).values(group_id=group_id, user_id=user_id))
+    return True
+
+
+def remove_group_member(conn: Connection, group_id: int, user_id: int) -> bool:
+    result = conn.execute(delete(group_members).where(
+        group_members.c.group_id == group_id, group_members.c.user_id == user_id))
+    return result.rowcount == 1
+
+
+# -- bucket grants ---------------------------------------------------------------------------
+
+
+def set_grant(conn: Connection, bucket_id: int, grantee_type: str, grantee_id: int,
+              permission: str, now: datetime) -> None:
+    """Create or change the one grant a grantee holds on a bucket."""
+    g = bucket_grants.c
+    where = (g.bucket_id == bucket_id, g.grantee_type == grantee_type,
+             g.grantee_id == grantee_id)
+    if conn.execute(update(bucket_grants).where(*where)
+                    .values(permission=permission)).rowcount == 0:
+        conn.execute(insert(bucket_grants).values(
+            bucket_id=bucket_id, grantee_type=grantee_type, grantee_id=grantee_id,
+            permission=permission, created_at=now))
+
+
+def delete_grant(conn: Connection, bucket_id: int, grantee_type: str, grantee_id: int) -> bool:
+    g = bucket_grants.c
+    result = conn.execute(delete(bucket_grants).where(
+        g.bucket_id == bucket_id, g.grantee_type == grantee_type, g.grantee_id == grantee_id))
+    return result.rowcount == 1
+
+
+def list_grants(conn: Connection, bucket_id: int) -> list[Any]:
+    """A bucket's grants with their grantees' names (``grantee``)."""
+    g = bucket_grants.c
+    user_grants = (
+        select(g.grantee_type, g.grantee_id, g.permission, g.created_at,
+               users.c.name.label("grantee"))
+        .select_from(bucket_grants.join(users, users.c.id == g.grantee_id))
+        .where(g.bucket_id == bucket_id, g.grantee_type == "user"))
+    group_grants = (
+        select(g.grantee_type, g.grantee_id, g.permission, g.created_at,
+               groups.c.name.label("grantee"))
+        .select_from(bucket_grants.join(groups, groups.c.id == g.grantee_id))
+        .where(g.bucket_id == bucket_id, g.grantee_type == "group"))
+    rows = list(conn.execute(user_grants).all()) + list(conn.execute(group_grants).all())
+    return sorted(rows, key=lambda r: (r.grantee_type != "user", r.grantee))
+
+
+# Memberships are read here, in the same statement, rather than from the principal (which
+# an access-key cache may hold for a few seconds): leaving a group takes effect at once.
+_CALLER_GROUPS = (select(group_members.c.group_id)
+                  .where(group_members.c.user_id == bindparam("user_id")))
+_GRANTS_FOR_USER = select(bucket_grants.c.permission).where(
+    bucket_grants.c.bucket_id == bindparam("bucket_id"),
+    ((bucket_grants.c.grantee_type == "user")
+     & (bucket_grants.c.grantee_id == bindparam("user_id")))
+    | ((bucket_grants.c.grantee_type == "group")
+       & bucket_grants.c.grantee_id.in_(_CALLER_GROUPS)))
+
+
+def grant_permissions(conn: Connection, bucket_id: int, user_id: int) -> frozenset[str]:
+    """The permissions a user holds on a bucket, directly or through their groups."""
+    rows = conn.execute(_GRANTS_FOR_USER, {"bucket_id": bucket_id, "user_id": user_id})
+    return frozenset(rows.scalars())
+
+
+def list_buckets_visible(conn: Connection, user_id: int) -> list[BucketRecord]:
+    """The buckets a user owns or holds a grant on (directly or through a group)."""
+    g = bucket_grants.c
+    granted = select(g.bucket_id).where(
+        ((g.grantee_type == "user") & (g.grantee_id == user_id))
+        | ((g.grantee_type == "group") & g.grantee_id.in_(
+            select(group_members.c.group_id).where(group_members.c.user_id == user_id))))
+    stmt = (select(buckets)
+            .where((buckets.c.owner_id == user_id) | buckets.c.id.in_(granted))
+            .order_by(buckets.c.name))
+    return [_bucket(r) for r in conn.execute(stmt).all()]

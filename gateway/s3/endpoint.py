@@ -16,6 +16,8 @@ from gateway import errors
 from gateway.auth import RequestView, authenticate_request
 from gateway.auth.sigv2 import query_signed_headers
 from gateway.core import Gateway
+from gateway.ratelimit import Decision, RateLimits
+from gateway.ratelimit import headers as rate_headers
 from gateway.s3 import cors
 from gateway.s3.errors import error_response
 from gateway.s3.handlers import HANDLERS
@@ -61,11 +63,14 @@ class _Parsed:
     header_pairs: list[tuple[str, str]]
     headers: dict[str, str]
     query: dict[str, str]
+    #: This request's rate-limit count (S3 limiting on), for the X-RateLimit-* headers.
+    rate: Decision | None = None
 
 
 class S3Endpoint:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
+        self.rate_limits: RateLimits | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -101,6 +106,8 @@ class S3Endpoint:
             response.headers["Connection"] = "close"
         if "origin" in headers and operation is not None and operation.op is not Op.CORS_PREFLIGHT:
             await self._add_cors(response, parsed, operation)
+        for name, value in rate_headers(parsed.rate).items():
+            response.headers[name] = value
         response.headers["x-amz-request-id"] = parsed.request_id
         response.headers["x-amz-id-2"] = parsed.request_id
         response.headers["Server"] = "gateway"
@@ -154,6 +161,11 @@ class S3Endpoint:
                                                   gateway.settings.domain))
         # No credentials: the service decides what an anonymous caller may read.
         principal = ANONYMOUS if auth is None else principals[auth.access_key]
+        if self.rate_limits is not None:
+            client = scope.get("client")
+            p.rate = await self.rate_limits.check_s3(principal, client[0] if client else None)
+            if p.rate is not None and not p.rate.allowed:
+                raise errors.SlowDown()
         if auth is not None and auth.presigned and "AWSAccessKeyId" in p.query:
             # SigV2 URLs carry signed Content-Type, Content-MD5 and x-amz-* in the query;
             # they count as the request's headers (a header actually sent wins).

@@ -6,15 +6,18 @@ import hashlib
 import secrets
 import string
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway.auth.credentials import PREFIX, SecretBox
+from gateway.auth.passwords import hash_password
 from gateway.metadata import repo
+from gateway.metadata.models import access_keys
 from gateway.service.context import Context
 from gateway.types import Owner, Principal
 
@@ -40,6 +43,23 @@ def generate_access_key() -> str:
 
 def generate_secret_key() -> str:
     return secrets.token_urlsafe(30)[:40]
+
+
+def _principal_with_groups(conn: Connection, access_key: str
+                           ) -> tuple[Principal, str] | None:
+    found = repo.principal_for_access_key(conn, access_key)
+    if found is None:
+        return None
+    principal, stored = found
+    return replace(principal, group_ids=repo.group_ids_for_user(conn, principal.user_id)), stored
+
+
+class NotFound(ValueError):
+    """A named user, key, group or grant does not exist (404 in the JSON API)."""
+
+
+class AlreadyExists(ValueError):
+    """The name is taken (409 in the JSON API)."""
 
 
 class AccountService:
@@ -108,8 +128,7 @@ class AccountService:
         clock = time.monotonic()
         if hit is not None and hit[0] > clock:
             return hit[1], hit[2]
-        found = await self.ctx.db.read(
-            lambda conn: repo.principal_for_access_key(conn, access_key))
+        found = await self.ctx.db.read(lambda conn: _principal_with_groups(conn, access_key))
         principal, stored = found if found else (None, None)
         secret = self.box.open(stored) if stored is not None else None
         if len(self._cache) > 10_000:
@@ -121,18 +140,25 @@ class AccountService:
 
     async def add_user(self, name: str, *, role: str = "member",
                        display_name: str | None = None, email: str | None = None,
-                       canonical_id: str | None = None) -> int:
+                       canonical_id: str | None = None, password: str | None = None) -> int:
         if role not in ("admin", "member"):
             raise ValueError(f"role must be admin or member, not {role!r}")
         if not name or len(name) > 128:
             raise ValueError("a user name has 1 to 128 characters")
+        hashed = await hash_password(password) if password is not None else None
         now = datetime.now(UTC)
+
+        def unit(conn: Connection) -> int:
+            user_id = repo.insert_user(conn, name, role, now, display_name=display_name,
+                                       email=email, canonical_id=canonical_id)
+            if hashed is not None:
+                repo.set_password_hash(conn, name, hashed)
+            return user_id
+
         try:
-            return await self.ctx.db.write(lambda conn: repo.insert_user(
-                conn, name, role, now, display_name=display_name, email=email,
-                canonical_id=canonical_id))
+            return await self.ctx.db.write(unit)
         except IntegrityError:
-            raise ValueError(f"user {name!r} exists already") from None
+            raise AlreadyExists(f"user {name!r} exists already") from None
 
     async def list_users(self) -> list[dict[str, Any]]:
         rows = await self.ctx.db.read(repo.list_users)
@@ -143,7 +169,7 @@ class AccountService:
     async def set_user_disabled(self, name: str, disabled: bool) -> None:
         if not await self.ctx.db.write(lambda conn: repo.set_user_disabled(conn, name,
                                                                            disabled)):
-            raise ValueError(f"no user {name!r}")
+            raise NotFound(f"no user {name!r}")
         self._cache.clear()
 
     async def create_key(self, user_name: str, access_key: str | None = None,
@@ -161,13 +187,13 @@ class AccountService:
         def unit(conn: Connection) -> None:
             user = repo.user_by_name(conn, user_name)
             if user is None:
-                raise ValueError(f"no user {user_name!r}")
+                raise NotFound(f"no user {user_name!r}")
             repo.insert_access_key(conn, access, int(user.id), self.box.seal(secret), now)
 
         try:
             await self.ctx.db.write(unit)
         except IntegrityError:
-            raise ValueError(f"access key {access!r} exists already") from None
+            raise AlreadyExists(f"access key {access!r} exists already") from None
         return access, secret
 
     async def list_keys(self, user_name: str | None = None) -> list[dict[str, Any]]:
@@ -176,7 +202,7 @@ class AccountService:
             if user_name is not None:
                 user = repo.user_by_name(conn, user_name)
                 if user is None:
-                    raise ValueError(f"no user {user_name!r}")
+                    raise NotFound(f"no user {user_name!r}")
                 user_id = int(user.id)
             return repo.list_access_keys(conn, user_id)
 
@@ -184,8 +210,50 @@ class AccountService:
         return [{"access_key": r.access_key, "user": r.user, "enabled": r.enabled,
                  "created_at": r.created_at.isoformat()} for r in rows]
 
+    def invalidate(self) -> None:
+        """Forget cached principals (after a change to roles or group memberships)."""
+        self._cache.clear()
+
+    async def user(self, name: str) -> dict[str, Any]:
+        for user in await self.list_users():
+            if user["name"] == name:
+                return user
+        raise NotFound(f"no user {name!r}")
+
+    async def set_password(self, name: str, password: str | None) -> int:
+        """Set (None: remove) a user's login password; their open sessions end. Returns
+        the user's id."""
+        hashed = await hash_password(password) if password is not None else None
+
+        def unit(conn: Connection) -> int:
+            user_id = repo.set_password_hash(conn, name, hashed)
+            if user_id is None:
+                raise NotFound(f"no user {name!r}")
+            repo.delete_user_sessions(conn, user_id)
+            return user_id
+
+        return await self.ctx.db.write(unit)
+
+    async def set_role(self, name: str, role: str) -> None:
+        if role not in ("admin", "member"):
+            raise ValueError(f"role must be admin or member, not {role!r}")
+        if not await self.ctx.db.write(lambda conn: repo.set_user_role(conn, name, role)):
+            raise NotFound(f"no user {name!r}")
+        self._cache.clear()
+
     async def set_key_enabled(self, access_key: str, enabled: bool) -> None:
         if not await self.ctx.db.write(
                 lambda conn: repo.set_access_key_enabled(conn, access_key, enabled)):
-            raise ValueError(f"no access key {access_key!r}")
+            raise NotFound(f"no access key {access_key!r}")
         self._cache.pop(access_key, None)
+
+    async def signing_credentials(self, user_id: int) -> tuple[str, str] | None:
+        """One enabled S3 key of the user (the oldest) and its secret, to presign URLs for
+        them; None when they have none."""
+        stmt = (select(access_keys.c.access_key, access_keys.c.secret)
+                .where(access_keys.c.user_id == user_id, access_keys.c.enabled.is_(True))
+                .order_by(access_keys.c.created_at, access_keys.c.access_key).limit(1))
+        row = await self.ctx.db.read(lambda conn: conn.execute(stmt).first())
+        if row is None:
+            return None
+        return str(row.access_key), self.box.open(row.secret)

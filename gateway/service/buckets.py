@@ -11,9 +11,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
-from gateway.auth.policy import require_bucket_access, require_owner
+from gateway.auth.policy import require_bucket_access, require_full, require_owner
 from gateway.metadata import repo
 from gateway.service.context import Context
+from gateway.service.groups import caller_grants
 from gateway.types import BucketRecord, Principal
 
 RESERVED_BUCKET_NAMES = frozenset({"api", "console", "healthz", "readyz", "metrics", "ws"})
@@ -72,11 +73,15 @@ class BucketService:
         bucket = await self.find(name)
         if bucket is None:
             raise errors.NoSuchBucket(fields={"BucketName": name})
-        require_bucket_access(principal, bucket, write=write)
+        require_bucket_access(principal, bucket, write=write,
+                              grants=await caller_grants(self.ctx, principal, bucket))
         return bucket
 
     async def delete(self, principal: Principal, name: str) -> None:
-        bucket = await self.get(principal, name, write=True)
+        bucket = await self.find(name)
+        if bucket is None:
+            raise errors.NoSuchBucket(fields={"BucketName": name})
+        require_owner(principal, bucket)  # no grant gives this
         if await self.ctx.db.read(lambda conn: repo.bucket_has_objects(conn, bucket.id)):
             raise errors.BucketNotEmpty(fields={"BucketName": name})
         # Unfinished uploads are invisible leftovers: they go with the bucket (as MinIO).
@@ -94,18 +99,16 @@ class BucketService:
             raise errors.BucketNotEmpty(fields={"BucketName": name}) from None
 
     async def set_acl(self, principal: Principal, name: str, acl: str) -> None:
-        bucket = await self.find(name)
-        if bucket is None:
-            raise errors.NoSuchBucket(fields={"BucketName": name})
-        require_owner(principal, bucket)
+        bucket = await self.owned(principal, name)
         await self.ctx.db.write(lambda conn: repo.set_bucket_acl(conn, bucket.id, acl))
 
     async def owned(self, principal: Principal, name: str) -> BucketRecord:
-        """The bucket, for its owner (ACL and CORS configuration)."""
+        """The bucket, for its owner, admins and ``full`` grantees (ACL and CORS
+        configuration)."""
         bucket = await self.find(name)
         if bucket is None:
             raise errors.NoSuchBucket(fields={"BucketName": name})
-        require_owner(principal, bucket)
+        require_full(principal, bucket, await caller_grants(self.ctx, principal, bucket))
         return bucket
 
     async def set_cors(self, principal: Principal, name: str,
@@ -116,5 +119,8 @@ class BucketService:
     async def list(self, principal: Principal) -> list[BucketRecord]:
         if principal.is_anonymous:
             raise errors.AccessDenied()
-        owner = None if principal.is_admin else principal.user_id
-        return await self.ctx.db.read(lambda conn: repo.list_buckets(conn, owner))
+        if principal.is_admin:
+            return await self.ctx.db.read(lambda conn: repo.list_buckets(conn, None))
+        # Owned buckets, and those shared with the caller or one of their groups.
+        return await self.ctx.db.read(
+            lambda conn: repo.list_buckets_visible(conn, principal.user_id))

@@ -31,6 +31,7 @@ from gateway.service.conditions import check_write
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.listing import successor
 from gateway.service.objects import ObjectService, VerifiedBody, validate_key
+from gateway.service.quota import Reservation
 from gateway.types import (
     ObjectAttributes,
     ObjectPart,
@@ -118,7 +119,7 @@ class MultipartService:
                      attrs: ObjectAttributes, *, checksum_algorithm: str | None = None,
                      checksum_type: str | None = None) -> UploadRecord:
         validate_key(key)
-        bucket = await self.objects.bucket(principal, bucket_name, write=True)
+        bucket = await self.objects.bucket(principal, bucket_name, write=True, acl=attrs.acl)
         kind = checksum_type_for(checksum_algorithm, checksum_type)
         blob_key = self.ctx.new_blob_key(bucket.id)
         with backend_errors():
@@ -155,6 +156,21 @@ class MultipartService:
             raise errors.EntityTooLarge(fields={"MaxSizeAllowed": str(MAX_PART_SIZE)})
         if upload.state != ACTIVE:
             raise errors.NoSuchUpload(fields={"UploadId": upload.id})
+        bucket = await self.ctx.db.read(lambda conn: repo.bucket_by_id(conn, upload.bucket_id))
+        if bucket is None:
+            raise errors.NoSuchUpload(fields={"UploadId": upload.id})
+        quotas = self.objects.quotas
+        reservation = await quotas.reserve(
+            bucket, nbytes=quotas.require_size(bucket, size_hint), key=None,
+            part=(upload.id, part_number))
+        try:
+            return await self._upload_part(upload, part_number, body, size_hint, reservation)
+        except BaseException:
+            await quotas.release(reservation)
+            raise
+
+    async def _upload_part(self, upload: UploadRecord, part_number: int, body: VerifiedBody,
+                           size_hint: int | None, reservation: Reservation) -> PartRecord:
         try:
             with backend_errors():
                 info = await self.ctx.backend.put_part(
@@ -174,7 +190,11 @@ class MultipartService:
             current = repo.upload(conn, upload.id)
             if current is None or current.state != ACTIVE:
                 raise _UploadGone
-            return repo.put_part_row(conn, upload.id, record)
+            old = repo.put_part_row(conn, upload.id, record)
+            self.objects.quotas.commit(conn, reservation, bucket_id=upload.bucket_id,
+                                       d_bytes=record.size - (old.size if old else 0),
+                                       d_objects=0)
+            return old.token if old else None
 
         superseded: str | None = None
         try:
@@ -273,6 +293,7 @@ class MultipartService:
             raise errors.NoSuchUpload(fields={"UploadId": upload_id}) from None
         try:
             chosen = self._check_parts(upload, requested, stored)
+            self.objects.quotas.check_object_size(bucket, sum(p.size for p in chosen))
             layout, etag, object_checksum = self._assemble(upload, chosen, expected_checksum)
         except errors.GatewayError:
             # Nothing has changed in the backend yet: the upload takes parts again.
@@ -288,9 +309,11 @@ class MultipartService:
         except storage_errors.InvalidPart as exc:
             raise errors.InvalidPart(fields={"PartNumber": str(exc.part_number)}) from None
 
-        def consume(conn: Connection) -> None:
-            if not repo.delete_upload(conn, upload_id):
+        def consume(conn: Connection) -> int:
+            freed = repo.delete_upload(conn, upload_id)
+            if freed is None:
                 raise _UploadGone  # aborted meanwhile: the abort has won
+            return freed
 
         attrs = ObjectAttributes(content_type=upload.content_type,
                                  user_metadata=upload.user_metadata, headers=upload.headers,
@@ -370,8 +393,8 @@ class MultipartService:
 
     async def _abort(self, upload: UploadRecord) -> bool:
         async with shielded():
-            removed = await self.ctx.db.write(lambda conn: repo.delete_upload(conn, upload.id))
-            if not removed:
+            freed = await self.ctx.db.write(lambda conn: repo.delete_upload(conn, upload.id))
+            if freed is None:
                 return False  # completed or aborted meanwhile
             await self._abort_backend(upload)
             return True

@@ -17,11 +17,18 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
-from gateway.auth.policy import may_read_object, require_bucket_access, require_owner
+from gateway.auth.policy import (
+    may_read_object,
+    opens_access,
+    require_bucket_access,
+    require_full,
+)
 from gateway.metadata import repo
 from gateway.metadata.models import NULL_VERSION
 from gateway.service.conditions import check_copy_source, check_read, check_write, resolve_range
 from gateway.service.context import Context, backend_errors, shielded
+from gateway.service.groups import caller_grants
+from gateway.service.quota import NOTHING_HELD, QuotaService, Reservation
 from gateway.types import (
     BucketRecord,
     ObjectAttributes,
@@ -85,14 +92,21 @@ def _check_version(version_id: str | None) -> None:
 
 
 class ObjectService:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, quotas: QuotaService) -> None:
         self.ctx = ctx
+        self.quotas = quotas
 
-    async def bucket(self, principal: Principal, name: str, *, write: bool) -> BucketRecord:
+    async def bucket(self, principal: Principal, name: str, *, write: bool,
+                     acl: str = "private") -> BucketRecord:
+        """The bucket, if the caller may read it (or write to it). ``acl``: the canned ACL
+        a write gives its object; one that makes it public takes ``full`` access."""
         bucket = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, name))
         if bucket is None:
             raise errors.NoSuchBucket(fields={"BucketName": name})
-        require_bucket_access(principal, bucket, write=write)
+        grants = await caller_grants(self.ctx, principal, bucket)
+        require_bucket_access(principal, bucket, write=write, grants=grants)
+        if write and opens_access(acl):
+            require_full(principal, bucket, grants)
         return bucket
 
     # -- writes ----------------------------------------------------------------------------
@@ -107,23 +121,40 @@ class ObjectService:
         *,
         conditions: WriteConditions = WriteConditions(),
         size_hint: int | None = None,
+        size_bound: int | None = None,
     ) -> ObjectRecord:
+        """``size_hint``: the announced size (Content-Length or the decoded length);
+        ``size_bound``: when the size is unknown, at most this many bytes can come (a form
+        upload's request length), which is what the quota holds."""
         validate_key(key)
         if size_hint is not None and size_hint > MAX_OBJECT_SIZE:
             raise errors.EntityTooLarge()
-        bucket = await self.bucket(principal, bucket_name, write=True)
+        bucket = await self.bucket(principal, bucket_name, write=True, acl=attrs.acl)
+        hold = self.quotas.require_size(bucket, size_hint, bound=size_bound)
         if not conditions.empty:
             # Fail fast before taking the body; the commit checks again, atomically.
             current = await self.ctx.db.read(
                 lambda conn: repo.latest_object(conn, bucket.id, key))
             check_write(conditions, current)
-        blob_key = self.ctx.new_blob_key(bucket.id)
-        with backend_errors():
-            await self.ctx.backend.put(blob_key, body, size=size_hint)
-        return await self.commit_new_blob(
-            bucket, key, blob_key, conditions,
-            size=body.size, etag=body.md5_hex, attrs=attrs,
-            checksum=(body.checksum_algorithm, body.checksum_value), owner_id=principal.user_id)
+        reservation = await self.quotas.reserve(bucket, nbytes=hold, key=key)
+        try:
+            blob_key = self.ctx.new_blob_key(bucket.id)
+            with backend_errors():
+                await self.ctx.backend.put(blob_key, body, size=size_hint)
+            if body.size != size_hint:
+                try:
+                    self.quotas.check_object_size(bucket, body.size)
+                except errors.GatewayError:
+                    await self.ctx.discard_blob(blob_key)
+                    raise
+            return await self.commit_new_blob(
+                bucket, key, blob_key, conditions,
+                size=body.size, etag=body.md5_hex, attrs=attrs,
+                checksum=(body.checksum_algorithm, body.checksum_value),
+                owner_id=principal.user_id, reservation=reservation)
+        except BaseException:
+            await self.quotas.release(reservation)
+            raise
 
     async def commit_new_blob(
         self,
@@ -138,12 +169,15 @@ class ObjectService:
         checksum: tuple[str | None, str | None],
         owner_id: int,
         parts: Sequence[ObjectPart] = (),
-        before: Callable[[Connection], None] | None = None,
+        before: Callable[[Connection], int] | None = None,
         keep_blob_on: tuple[type[BaseException], ...] = (),
+        reservation: Reservation = NOTHING_HELD,
     ) -> ObjectRecord:
-        """Point the key at ``blob_key``. ``before`` runs first in the same transaction (a
-        multipart completion consumes its upload there). On failure the new blob is
-        discarded, unless the exception is one of ``keep_blob_on`` (a retry may reuse it)."""
+        """Point the key at ``blob_key``, and move the bucket's usage by what changes.
+        ``before`` runs first in the same transaction (a multipart completion consumes its
+        upload there) and returns the bytes of usage it freed. On failure the new blob is
+        discarded, unless the exception is one of ``keep_blob_on`` (a retry may reuse it).
+        The caller releases ``reservation`` on failure."""
         now = datetime.now(UTC)
         values: dict[str, Any] = {
             "size": size, "etag": etag, "last_modified": now, "blob_key": blob_key,
@@ -155,10 +189,13 @@ class ObjectService:
         }
 
         def unit(conn: Connection) -> tuple[int, str | None]:
-            if before is not None:
-                before(conn)
+            released = before(conn) if before is not None else 0
             current = repo.latest_object(conn, bucket.id, key)
             check_write(conditions, current)
+            live = current is not None and not current.is_delete_marker
+            self.quotas.commit(conn, reservation, bucket_id=bucket.id,
+                               d_bytes=size - (current.size if live and current else 0),
+                               d_objects=0 if live else 1, released_bytes=released)
             if current is None:
                 object_id = repo.insert_object(conn, {
                     **values, "bucket_id": bucket.id, "key": key, "version_id": NULL_VERSION})
@@ -217,7 +254,7 @@ class ObjectService:
         validate_key(dst_key)
         _check_version(src_version)
         src_b = await self.bucket(principal, src_bucket, write=False)
-        dst_b = await self.bucket(principal, dst_bucket, write=True)
+        dst_b = await self.bucket(principal, dst_bucket, write=True, acl=attrs.acl)
         if src_b.id == dst_b.id and src_key == dst_key and not replace_metadata:
             raise errors.InvalidRequest(
                 "This copy request is illegal because it is trying to copy an object to "
@@ -228,22 +265,32 @@ class ObjectService:
             if src is None or src.is_delete_marker or src.blob_key is None:
                 raise errors.NoSuchKey(fields={"Key": src_key})
             check_copy_source(source_conditions, src.etag, src.last_modified)
+            self.quotas.check_object_size(dst_b, src.size)
+            reservation = await self.quotas.reserve(dst_b, nbytes=src.size, key=dst_key)
             blob_key = self.ctx.new_blob_key(dst_b.id)
             try:
                 with backend_errors():
                     await self.ctx.backend.copy(src.blob_key, blob_key)
             except BlobNotFound:
+                await self.quotas.release(reservation)
                 continue  # the source was overwritten meanwhile: read it again
+            except BaseException:
+                await self.quotas.release(reservation)
+                raise
             # An ACL is never copied: the copy gets the one the request names.
             new_attrs = attrs if replace_metadata else ObjectAttributes(
                 content_type=src.content_type, user_metadata=src.user_metadata,
                 headers=src.headers,
                 storage_class=attrs.storage_class if attrs.storage_class != "STANDARD"
                 else src.storage_class, acl=attrs.acl)
-            return await self.commit_new_blob(
-                dst_b, dst_key, blob_key, conditions, size=src.size, etag=src.etag,
-                attrs=new_attrs, checksum=(src.checksum_algorithm, src.checksum_value),
-                owner_id=principal.user_id)
+            try:
+                return await self.commit_new_blob(
+                    dst_b, dst_key, blob_key, conditions, size=src.size, etag=src.etag,
+                    attrs=new_attrs, checksum=(src.checksum_algorithm, src.checksum_value),
+                    owner_id=principal.user_id, reservation=reservation)
+            except BaseException:
+                await self.quotas.release(reservation)
+                raise
         raise errors.ConditionalRequestConflict()
 
     async def delete(self, principal: Principal, bucket_name: str, key: str,
@@ -281,6 +328,8 @@ class ObjectService:
                 if current is not None:
                     if not repo.delete_object_row(conn, current.id, current.blob_key):
                         raise _Retry
+                    if not current.is_delete_marker:
+                        repo.adjust_usage(conn, bucket.id, -current.size, -1)
                     if current.blob_key:
                         blobs.append(current.blob_key)
                 outcomes.append(DeleteOutcome(key, version_id))
@@ -329,7 +378,8 @@ class ObjectService:
                 raise errors.NoSuchBucket(fields={"BucketName": bucket_name})
             if obj is not None and obj.is_delete_marker:
                 obj = None
-            if not may_read_object(principal, bucket, obj):
+            if not may_read_object(principal, bucket, obj) and not may_read_object(
+                    principal, bucket, obj, await caller_grants(self.ctx, principal, bucket)):
                 # Strangers learn nothing, not even whether the key exists.
                 raise errors.AccessDenied()
             if obj is None or obj.blob_key is None:
@@ -362,7 +412,7 @@ class ObjectService:
             lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key))
         if bucket is None:
             raise errors.NoSuchBucket(fields={"BucketName": bucket_name})
-        require_owner(principal, bucket)
+        require_full(principal, bucket, await caller_grants(self.ctx, principal, bucket))
         if obj is None or obj.is_delete_marker:
             raise errors.NoSuchKey(fields={"Key": key})
         return bucket, obj

@@ -111,9 +111,15 @@ class TokenService:
         """The user and permissions behind an ``X-Api-Key`` value; None when the token is
         unknown, revoked or expired, or its user is disabled."""
         digest = _hash(decode_api_key(api_key))
-        row = await self.ctx.db.read(lambda conn: repo.token_by_hash(conn, digest))
-        if row is None or row.revoked_at is not None or row.disabled:
-            return None
-        if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
-            return None
-        return Principal(row.id, row.name, row.role), frozenset(row.permissions)
+
+        def unit(conn: Connection) -> tuple[Principal, frozenset[str]] | None:
+            row = repo.token_by_hash(conn, digest)
+            if row is None or row.revoked_at is not None or row.disabled:
+                return None
+            if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+                return None
+            return (Principal(row.id, row.name, row.role,
+                              group_ids=repo.group_ids_for_user(conn, row.id)),
+                    frozenset(row.permissions))
+
+        return await self.ctx.db.read(unit)

@@ -35,6 +35,13 @@ async def _limited(source: AsyncIterator[bytes],
     check_content_length(bounds, size)
 
 
+def _request_length(req: S3Request) -> int | None:
+    try:
+        return int(req.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _attributes_from(fields: dict[str, str], file_type: str | None) -> dict[str, str]:
     lowered = {name.lower(): value for name, value in fields.items()}
     headers = {name: lowered[name] for name in _OBJECT_FIELDS if name in lowered}
@@ -64,7 +71,9 @@ async def post_object(req: S3Request) -> Response:
     principal = principals[verified.access_key]
     attrs = object_attributes(_attributes_from(fields, reader.file_content_type))
     body = DigestingStream(_limited(reader.file(), verified.content_length_range))
-    record = await req.gateway.objects.put(principal, req.bucket, verified.key, body, attrs)
+    # The file is smaller than the whole form: the quota holds the form's length.
+    record = await req.gateway.objects.put(principal, req.bucket, verified.key, body, attrs,
+                                           size_bound=_request_length(req))
 
     host = req.headers.get("host", "")
     location = f"{req.request.url.scheme}://{host}/{req.bucket}/{quote(verified.key)}"

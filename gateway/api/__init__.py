@@ -1,0 +1,130 @@
+"""The JSON REST API, mounted at ``/api`` (DESIGN §1): routes under ``/v1/…``.
+
+``build_api(owner)`` returns the ASGI app ``gateway.app`` mounts. Route modules export
+``routes: list[BaseRoute]``; :data:`ROUTE_MODULES` lists them (a module not written yet is
+skipped). Helpers for handlers live in :mod:`gateway.api.common`.
+
+The app gives each request an id (``X-Request-Id``), puts the running Gateway in the
+request scope, and renders every error as JSON (:mod:`gateway.api.errors`): Starlette's own
+exception handlers are switched off below ``/api`` so that 404/405 and unknown exceptions
+reach the renderer too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute, Router
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway import errors
+from gateway.api.errors import GATEWAY_SCOPE_KEY, REQUEST_ID_SCOPE_KEY, error_response
+from gateway.service.context import new_request_id
+
+if TYPE_CHECKING:
+    from gateway.core import Gateway
+
+log = logging.getLogger("gateway.api")
+access_log = logging.getLogger("gateway.access")
+
+#: Route modules, in order (the first matching route wins). Extend this list.
+ROUTE_MODULES: tuple[str, ...] = (
+    "gateway.api.storage",
+    "gateway.api.auth_routes",
+    "gateway.api.tokens",
+    "gateway.api.admin",
+    "gateway.api.admin_quotas",
+)
+
+
+class GatewayHolder(Protocol):
+    """What owns the running gateway (``gateway.app.GatewayApp``); None while starting."""
+
+    gateway: Gateway | None
+
+
+def collect_routes(modules: tuple[str, ...] = ROUTE_MODULES) -> list[BaseRoute]:
+    routes: list[BaseRoute] = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # not written yet
+            raise
+        routes.extend(module.routes)
+    return routes
+
+
+def _declares_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+class ApiApp:
+    def __init__(self, owner: GatewayHolder, routes: list[BaseRoute]) -> None:
+        self.owner = owner
+        self.router = Router(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.router(scope, receive, send)
+            return
+        started_at = time.perf_counter()
+        rid = new_request_id()
+        scope[REQUEST_ID_SCOPE_KEY] = rid
+        # No Starlette exception handlers below /api: every error is rendered here, as JSON.
+        scope["starlette.exception_handlers"] = ({}, {})
+        body_done = False
+        started = False
+        status = 0
+
+        async def tracked_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def sender(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-Id"] = rid
+                if not body_done and _declares_body(scope):
+                    # Answered without taking the body (an error, usually): the connection
+                    # cannot carry another request.
+                    headers["Connection"] = "close"
+            await send(message)
+
+        try:
+            gateway = self.owner.gateway
+            if gateway is None:
+                raise errors.ServiceUnavailable("The gateway is starting.")
+            scope[GATEWAY_SCOPE_KEY] = gateway
+            await self.router(scope, tracked_receive, sender)
+        except Exception as exc:
+            if started:
+                # Bytes are flowing: a failure can only abort the connection.
+                log.warning("request %s failed after its response started", rid, exc_info=exc)
+                raise
+            await error_response(exc, scope, rid)(scope, tracked_receive, sender)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info("%s %s %d %s %.1fms", scope["method"], scope["path"], status,
+                                rid, (time.perf_counter() - started_at) * 1000)
+
+
+def build_api(owner: GatewayHolder) -> ApiApp:
+    """The ASGI app to mount at ``/api``."""
+    return ApiApp(owner, collect_routes())
