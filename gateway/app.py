@@ -115,6 +115,7 @@ class GatewayApp:
             try:
                 await gateway.multipart.expire(gateway.settings.multipart_expiry_seconds)
                 await collect_garbage(gateway.ctx)
+                await gateway.sessions.purge_expired()
             except Exception:
                 log.exception("housekeeping failed; will retry")
             await asyncio.sleep(min(GC_INTERVAL_SECONDS,

@@ -38,7 +38,8 @@ async def test_collects_only_unreferenced_blobs(gateway: Gateway) -> None:
     assert principal is not None
     bucket = await gateway.buckets.create(principal, "gc-test")
     record = await gateway.objects.put(principal, "gc-test", "kept",
-                                       DigestingStream(_body(b"kept")), ObjectAttributes())
+                                       DigestingStream(_body(b"kept")), ObjectAttributes(),
+                                       size_hint=4)
     backend = gateway.ctx.backend
     orphan = gateway.ctx.new_blob_key(bucket.id)  # as a crash between write and commit leaves
     await backend.put(orphan, _body(b"orphan"))
@@ -62,7 +63,8 @@ async def test_overwrite_leaves_no_garbage(gateway: Gateway) -> None:
     await gateway.buckets.create(principal, "gc-overwrite")
     for i in range(5):
         await gateway.objects.put(principal, "gc-overwrite", "k",
-                                  DigestingStream(_body(b"v%d" % i)), ObjectAttributes())
+                                  DigestingStream(_body(b"v%d" % i)), ObjectAttributes(),
+                                  size_hint=2)
     copy = await gateway.objects.copy(principal, "gc-overwrite", "k", None, "gc-overwrite",
                                       "k2", replace_metadata=False, attrs=ObjectAttributes())
     blobs = [b.key async for b in gateway.ctx.backend.list("b/")]

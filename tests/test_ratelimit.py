@@ -5,6 +5,8 @@ shared between instances and failing open, and S3 ``SlowDown`` from real gateway
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import shutil
 import subprocess
@@ -477,5 +479,41 @@ def test_s3_fails_open_when_redis_is_down(tmp_path: Path) -> None:
             got = list_buckets(root)
             assert got["code"] == "OK" and got["x-ratelimit-limit"] == "1"
         assert "Redis unreachable" in server.log()
+    finally:
+        server.stop()
+
+
+def test_json_api_budgets_and_429(tmp_path: Path) -> None:
+    """The JSON API counts every request (S3 limiting off): anonymous callers by address,
+    token holders by user; refusals are 429 RATE_LIMITED with Retry-After."""
+    data = tmp_path / "data"
+    make_alice(data)
+    made = subprocess.run(
+        [sys.executable, "-m", "gateway", "token", "create", "--user", "alice", "--name", "rl",
+         "--permission", "storage:read", "--json", "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=60, check=True)
+    token = json.loads(made.stdout)["token"]
+    server = GatewayProcess(data, env_extra={"GATEWAY_RATE_LIMITS": "3,5,off"}).start()
+    try:
+        away_from_window_edge()
+        url = server.url + "/api/v1/storage/buckets"
+        anonymous = [httpx.get(url) for _ in range(4)]
+        assert [r.status_code for r in anonymous] == [401, 401, 401, 429]
+        assert [r.headers["x-ratelimit-remaining"] for r in anonymous] == ["2", "1", "0", "0"]
+        refused = anonymous[-1]
+        assert refused.json()["error"] == "rate_limited"  # the storage routes' shape
+        envelope = httpx.get(server.url + "/api/v1/tokens")
+        assert envelope.status_code == 429
+        assert envelope.json()["error"]["code"] == "RATE_LIMITED"
+        assert 0 < int(refused.headers["retry-after"]) <= 3600
+        # Bad credentials count against the address too.
+        assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 429
+        headers = {"X-Api-Key": base64.b64encode(token.encode()).decode()}
+        answers = [httpx.get(url, headers=headers) for _ in range(6)]
+        assert [r.status_code for r in answers] == [200] * 5 + [429]
+        assert answers[0].headers["x-ratelimit-limit"] == "5"
+        # S3 is not counted unless GATEWAY_RATE_LIMIT_S3=on; admins are unlimited here.
+        root = no_retry_client(server, server.access_key, server.secret_key)
+        assert all(list_buckets(root)["code"] == "OK" for _ in range(8))
     finally:
         server.stop()

@@ -37,8 +37,10 @@ from starlette.routing import BaseRoute, Route
 from gateway import errors
 from gateway.api.common import (
     gateway_of,
+    get_caller,
     int_query,
     read_json,
+    require,
     require_caller,
     set_resource,
 )
@@ -327,6 +329,7 @@ async def _presign(request: Request, key: str) -> Response:
     """A SigV4 presigned S3 URL signed with one of the caller's enabled S3 keys; the caller
     must be allowed the operation now. ``content_type`` binds a PUT to that Content-Type
     (the client must send it) and sets a GET's response Content-Type."""
+    caller = await get_caller(request)
     body = await read_json(request, allow_empty=True)
     operation = str(body.get("operation") or "GET").upper()
     if operation not in _PRESIGN_OPERATIONS:
@@ -339,7 +342,7 @@ async def _presign(request: Request, key: str) -> Response:
         raise validation_error(f"expires_in is 1 to {MAX_PRESIGNED_EXPIRES} seconds (7 days)",
                                field="expires_in")
     content_type = _str_field(body, "content_type")
-    caller = await require_caller(request, "storage:write" if write else "storage:read")
+    require(caller, "storage:write" if write else "storage:read")
     gw = gateway_of(request)
     bucket: str = request.path_params["bucket"]
     await gw.objects.bucket(caller.principal, bucket, write=write)

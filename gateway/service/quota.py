@@ -28,6 +28,9 @@ from gateway.types import BucketRecord
 
 log = logging.getLogger("gateway.quota")
 
+#: Writes at least this large hold their quota before their bytes are taken; smaller ones
+#: are checked up front and held to the limit by the commit alone.
+HOLD_FROM_BYTES = 1024 * 1024
 #: Stored in a limit column: no limit (NULL means "the settings' default").
 UNLIMITED = -1
 _UNSET: Any = object()
@@ -156,7 +159,11 @@ class QuotaService:
         """Hold ``nbytes`` (less what an overwrite of ``key`` frees) and one object if
         ``key`` is new; for a multipart ``part`` (upload id, number), bytes only, less what
         a part it replaces holds."""
-        if self.limits(bucket).unlimited:
+        limits = self.limits(bucket)
+        if limits.unlimited:
+            return NOTHING_HELD
+        if nbytes < HOLD_FROM_BYTES:
+            await self._precheck(bucket, limits, nbytes, key, part)
             return NOTHING_HELD
         reservation_id = uuid.uuid4().hex
         now = datetime.now(UTC)
@@ -181,6 +188,30 @@ class QuotaService:
             return Reservation(reservation_id, bucket.id, add_bytes, add_objects)
 
         return await self.ctx.db.write(unit)
+
+    async def _precheck(self, bucket: BucketRecord, limits: Limits, nbytes: int,
+                        key: str | None, part: tuple[str, int] | None) -> None:
+        """Small writes are not held (a reservation is a transaction of its own, which would
+        cost a small PUT a third of its speed): they are checked against the usage read
+        here, and the commit's conditional UPDATE keeps the limit exact."""
+
+        def unit(conn: Connection) -> tuple[int, int]:
+            if key is not None:
+                current = repo.latest_size(conn, bucket.id, key)
+                return max(0, nbytes - (current or 0)), 1 if current is None else 0
+            replaced = repo.part(conn, *part) if part is not None else None
+            return max(0, nbytes - (replaced.size if replaced else 0)), 0
+
+        add_bytes, add_objects = await self.ctx.db.read(unit)
+        if limits.max_bytes is not None and add_bytes and \
+                bucket.used_bytes + bucket.reserved_bytes + add_bytes > limits.max_bytes:
+            raise errors.QuotaExceeded(limits.max_bytes, bucket.used_bytes)
+        if limits.max_objects is not None and add_objects and \
+                bucket.used_objects + bucket.reserved_objects + add_objects > \
+                limits.max_objects:
+            raise errors.QuotaExceeded(
+                limits.max_objects, bucket.used_objects,
+                f"The bucket holds its maximum of {limits.max_objects} objects.")
 
     def commit(self, conn: Connection, reservation: Reservation, *, bucket_id: int,
                d_bytes: int, d_objects: int, released_bytes: int = 0) -> None:
