@@ -18,15 +18,23 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 from starlette.routing import BaseRoute, Router
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway import errors
-from gateway.api.errors import GATEWAY_SCOPE_KEY, REQUEST_ID_SCOPE_KEY, error_response
+from gateway import errors, ratelimit
+from gateway.api.auth import get_caller
+from gateway.api.errors import (
+    GATEWAY_SCOPE_KEY,
+    REQUEST_ID_SCOPE_KEY,
+    ApiError,
+    error_response,
+)
 from gateway.service.context import new_request_id
 
 if TYPE_CHECKING:
     from gateway.core import Gateway
+    from gateway.ratelimit import RateLimits
 
 log = logging.getLogger("gateway.api")
 access_log = logging.getLogger("gateway.access")
@@ -38,6 +46,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "gateway.api.tokens",
     "gateway.api.admin",
     "gateway.api.admin_quotas",
+    "gateway.api.openapi",
 )
 
 
@@ -45,6 +54,7 @@ class GatewayHolder(Protocol):
     """What owns the running gateway (``gateway.app.GatewayApp``); None while starting."""
 
     gateway: Gateway | None
+    rate_limits: RateLimits | None
 
 
 def collect_routes(modules: tuple[str, ...] = ROUTE_MODULES) -> list[BaseRoute]:
@@ -86,6 +96,7 @@ class ApiApp:
         body_done = False
         started = False
         status = 0
+        decision: ratelimit.Decision | None = None
 
         async def tracked_receive() -> Message:
             nonlocal body_done
@@ -101,6 +112,7 @@ class ApiApp:
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-Id"] = rid
+                headers.update(ratelimit.headers(decision))
                 if not body_done and _declares_body(scope):
                     # Answered without taking the body (an error, usually): the connection
                     # cannot carry another request.
@@ -112,6 +124,9 @@ class ApiApp:
             if gateway is None:
                 raise errors.ServiceUnavailable("The gateway is starting.")
             scope[GATEWAY_SCOPE_KEY] = gateway
+            limits = self.owner.rate_limits
+            if limits is not None:
+                decision = await _count(limits, scope)
             await self.router(scope, tracked_receive, sender)
         except Exception as exc:
             if started:
@@ -123,6 +138,22 @@ class ApiApp:
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info("%s %s %d %s %.1fms", scope["method"], scope["path"], status,
                                 rid, (time.perf_counter() - started_at) * 1000)
+
+
+async def _count(limits: RateLimits, scope: Scope) -> ratelimit.Decision | None:
+    """Count the request against its caller's hourly budget, once; refused → 429.
+    Credentials that do not authenticate count against the client's address."""
+    client = scope.get("client")
+    ip = client[0] if client else None
+    try:
+        caller = await get_caller(Request(scope))
+    except ApiError:
+        caller = None
+    decision = await limits.check(caller.principal if caller else None, ip)
+    if decision is not None and not decision.allowed:
+        raise ApiError(429, "RATE_LIMITED", ratelimit.refusal_message(decision),
+                       headers=ratelimit.headers(decision))
+    return decision
 
 
 def build_api(owner: GatewayHolder) -> ApiApp:

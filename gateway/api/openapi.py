@@ -1,0 +1,737 @@
+"""The JSON API described: the OpenAPI 3.1 document (``GET /api/v1/openapi.json``) and a
+docs page rendering it (``GET /api/docs``, Swagger UI vendored under ``static/``: no CDN).
+
+The document is a Python dict built by the small helpers below, next to nothing else, so
+that a route's shapes are written once (shared schemas in ``components``, the two error
+shapes as reusable responses) and mypy and ruff read it like any code. It describes what
+the route modules do, not what the references wish; ``tests/test_openapi.py`` checks that
+every route in ``ROUTE_MODULES`` is documented and the reverse, and runs Schemathesis
+against a real gateway to check that the answers match it.
+
+Two error shapes (see :mod:`gateway.api.errors`): below ``/v1/storage`` the Storage API
+reference's flat ``{"error", "message", …}``; everywhere else the overview's envelope
+``{"success": false, "error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from gateway import __version__
+from gateway.api.errors import STATUS_CODES, ApiError
+from gateway.api.presign import MAX_PRESIGNED_EXPIRES
+from gateway.service.listing import MAX_KEYS
+from gateway.service.multipart import MAX_PART_NUMBER
+from gateway.service.tokens import PERMISSIONS
+
+Schema = dict[str, Any]
+SWAGGER_UI_VERSION = "5.35.0"
+
+# -- schema helpers ------------------------------------------------------------------------
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict[str, Schema], *optional: str, closed: bool = True,
+        description: str | None = None) -> Schema:
+    """An object; every property is required except ``optional``. ``closed``: no other
+    properties (answers: the code returns exactly these; request bodies stay open where
+    the code ignores unknown fields)."""
+    schema: Schema = {"type": "object", "properties": properties}
+    required = [name for name in properties if name not in optional]
+    if required:
+        schema["required"] = required
+    if closed:
+        schema["additionalProperties"] = False
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+def s(description: str | None = None, **extra: Any) -> Schema:
+    """A string."""
+    return {"type": "string", **({"description": description} if description else {}), **extra}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+INT: Schema = {"type": "integer"}
+COUNT: Schema = {"type": "integer", "minimum": 0}
+BOOL: Schema = {"type": "boolean"}
+TRUE: Schema = {"const": True}
+WHEN: Schema = {"type": "string", "format": "date-time"}
+BINARY: Schema = {"type": "string", "format": "binary"}
+STRINGS: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+# -- components ----------------------------------------------------------------------------
+
+_TOKEN_FIELDS: dict[str, Schema] = {
+    "id": s(), "user": s(), "name": s(), "permissions": array(ref("Permission")),
+    "prefix": s("The token's first characters, to recognise it"), "created_at": WHEN,
+    "expires_at": nullable(WHEN), "revoked_at": nullable(WHEN)}
+_ATTRIBUTES: dict[str, Schema] = {
+    "content_type": s("The object's Content-Type"),
+    "metadata": {**STRINGS, "description": "User metadata (the S3 x-amz-meta-* headers)"}}
+_LIMIT: Schema = {"anyOf": [COUNT, {"type": "null"}, {"const": "default"}],
+                  "description": "A limit: bytes or objects; null: unlimited; "
+                                 "\"default\": follow the gateway's settings again"}
+_USAGE_LIMIT: Schema = {"type": ["integer", "null"], "description": "null: unlimited"}
+_PERCENT: Schema = {"type": ["number", "null"], "description": "null: no limit"}
+
+SCHEMAS: dict[str, Schema] = {
+    # errors
+    "ErrorEnvelope": obj({
+        "success": {"const": False},
+        "error": obj({"code": s("VALIDATION_ERROR, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, …"),
+                      "message": s(), "details": {"type": "object"}}),
+        "request_id": s("Also in the X-Request-Id header")},
+        description="The API overview's error envelope"),
+    "StorageError": obj({
+        "error": s("The envelope's code, lower-cased: not_found, conflict, …"),
+        "message": s(), "resource": s("bucket or bucket/key the error is about"),
+        "bucket": s("On 409: the bucket"), "quota": {**COUNT, "description": "On 507"},
+        "used": {**COUNT, "description": "On 507"},
+        "code": s("The precise cause (S3's error code, e.g. NoSuchKey)"),
+        "request_id": s()}, "resource", "bucket", "quota", "used",
+        description="The Storage API reference's flat error shape"),
+    # storage
+    "Bucket": obj({"name": s(), "created": WHEN, "size": {**COUNT, "description": "bytes"},
+                   "region": s()}),
+    "BucketList": obj({"buckets": array(ref("Bucket"))}),
+    "CreateBucket": obj({"name": s(example="newbot.gbai"), "region": s(example="us-east-1"),
+                         "versioning": {**BOOL, "default": False,
+                                        "description": "true is answered 501"}},
+                        "region", "versioning", closed=False),
+    "BucketCreated": obj({"bucket": s(), "created": TRUE, "location": s()}),
+    "BucketDeleted": obj({"deleted": TRUE, "bucket": s()}),
+    "ObjectSummary": obj({"key": s(), "size": COUNT, "last_modified": WHEN, "etag": s()}),
+    "ObjectList": obj({
+        "objects": array(ref("ObjectSummary")),
+        "common_prefixes": {**array(s()), "description": "Only when a delimiter is given"},
+        "is_truncated": BOOL,
+        "continuation_token": nullable(s("Pass it back for the next page"))},
+        "common_prefixes"),
+    "ObjectWritten": obj({"bucket": s(), "key": s(), "etag": s(), "version_id": {"type": "null"}}),
+    "ObjectDeleted": obj({"deleted": TRUE, "key": s()}),
+    "CopyObject": obj({
+        "source_bucket": s("Default: the path's bucket"),
+        "source_key": s("Default: the path's key"),
+        "destination_bucket": s("Default: the source bucket"),
+        "destination_key": s(example="copied-file.pdf"), **_ATTRIBUTES},
+        "source_bucket", "source_key", "destination_bucket", "content_type", "metadata",
+        closed=False, description="content_type or metadata replace the source's; "
+                                  "without them the copy keeps the source's"),
+    "ObjectCopied": obj({"copied": TRUE, "source": s(), "destination": s(), "etag": s()}),
+    "Presign": obj({
+        "operation": s("Case-insensitive", enum=list(("GET", "HEAD", "PUT", "DELETE")),
+                       default="GET"),
+        "expires_in": {"type": "integer", "minimum": 1, "maximum": MAX_PRESIGNED_EXPIRES,
+                       "default": 3600},
+        "content_type": s("PUT: the Content-Type the upload must send; GET: the answer's")},
+        "operation", "expires_in", "content_type", closed=False),
+    "PresignedUrl": obj({"url": s(format="uri"), "expires_at": WHEN, "method": s(),
+                         "headers": {**STRINGS, "description": "Headers the request must send"}}),
+    "InitiateMultipart": obj(dict(_ATTRIBUTES), *_ATTRIBUTES, closed=False),
+    "MultipartUpload": obj({"upload_id": s(), "bucket": s(), "key": s()}),
+    "PartUploaded": obj({"part_number": INT, "etag": s()}),
+    "CompleteMultipart": obj({"parts": {
+        **array(obj({"part_number": INT, "etag": s()}, closed=False)),
+        "description": "Default: every uploaded part, in order"}}, "parts", closed=False),
+    "UploadAborted": obj({"aborted": TRUE, "key": s(), "upload_id": s()}),
+    # auth and tokens
+    "Permission": s(enum=list(PERMISSIONS)),
+    "Role": s(enum=["admin", "member"]),
+    "Login": {**obj({"username": s(), "password": s(format="password"),
+                     "access_key": s(), "secret_key": s(format="password")},
+                    "username", "password", "access_key", "secret_key", closed=False),
+              "description": "A user name and password, or an S3 key pair"},
+    "Session": obj({"token": s(), "token_type": {"const": "Bearer"}, "expires_at": WHEN}),
+    "LoggedOut": obj({"logged_out": TRUE}),
+    "Me": obj({"id": INT, "username": s(), "role": ref("Role"), "groups": array(s()),
+               "permissions": array(ref("Permission")),
+               "auth": s("How the caller authenticated", enum=["session", "token"])}),
+    "Token": obj(dict(_TOKEN_FIELDS)),
+    "NewToken": obj({**_TOKEN_FIELDS, "token": s("The secret, shown this once")}),
+    "CreateToken": obj({
+        "name": s(example="kb-sync"), "permissions": array(ref("Permission")),
+        "user": s("Admins: the owner (default: the caller)"),
+        "expires_at": nullable({**WHEN, "description": "Default: in 90 days; null: never"})},
+        "user", "expires_at", closed=False),
+    "TokenRevoked": obj({"id": s(), "revoked": TRUE}),
+    # admin
+    "User": obj({"name": s(), "role": ref("Role"), "display_name": nullable(s()),
+                 "email": nullable(s()),
+                 "canonical_id": nullable(s("null: derived from the user's id")),
+                 "disabled": BOOL,
+                 "created_at": WHEN}),
+    "CreateUser": obj({"name": s(minLength=1, maxLength=128, example="alice"),
+                       "role": {**ref("Role"), "default": "member"},
+                       "display_name": s(), "email": s(), "canonical_id": s(),
+                       "password": s(format="password")},
+                      "role", "display_name", "email", "canonical_id", "password",
+                      closed=False),
+    "UpdateUser": obj({"disabled": BOOL, "enabled": {**BOOL, "description": "= not disabled"},
+                       "role": ref("Role"),
+                       "password": nullable(s("null removes it; open sessions end"))},
+                      "disabled", "enabled", "role", "password", closed=False),
+    "AccessKey": obj({"access_key": s(), "user": s(), "enabled": BOOL, "created_at": WHEN}),
+    "NewAccessKey": obj({"user": s(), "access_key": s(),
+                         "secret_key": s("Shown this once"), "enabled": TRUE}),
+    "CreateAccessKey": obj({"access_key": s("Import a known key (default: generated)"),
+                            "secret_key": s()}, "access_key", "secret_key", closed=False),
+    "UpdateAccessKey": obj({"enabled": BOOL}, closed=False),
+    "AccessKeyState": obj({"access_key": s(), "enabled": BOOL}),
+    "Group": obj({"name": s(), "members": array(s()), "created_at": WHEN}),
+    "CreateGroup": obj({"name": s(example="editors")}, closed=False),
+    "GroupDeleted": obj({"name": s(), "deleted": TRUE}),
+    "GranteeType": s(enum=["user", "group"]),
+    "GrantPermission": s(enum=["read", "write", "full"]),
+    "Grant": obj({"bucket": s(), "grantee_type": ref("GranteeType"), "grantee": s(),
+                  "permission": ref("GrantPermission"), "created_at": WHEN}),
+    "GrantSaved": obj({"bucket": s(), "grantee_type": ref("GranteeType"), "grantee": s(),
+                       "permission": ref("GrantPermission")}),
+    "PutGrant": obj({"grantee_type": ref("GranteeType"), "grantee": s(example="alice"),
+                     "permission": ref("GrantPermission")}, closed=False),
+    "Grantee": obj({"grantee_type": ref("GranteeType"), "grantee": s()},
+                   "grantee_type", "grantee", closed=False,
+                   description="Or as the grantee_type and grantee query parameters"),
+    "GrantRevoked": obj({"bucket": s(), "grantee_type": ref("GranteeType"), "grantee": s(),
+                         "revoked": TRUE}),
+    # quotas
+    "QuotaUsage": obj({
+        "bucket": s(), "owner": s(), "used_bytes": COUNT, "used_objects": COUNT,
+        "reserved_bytes": COUNT, "reserved_objects": COUNT, "max_bytes": _USAGE_LIMIT,
+        "max_objects": _USAGE_LIMIT, "max_object_size": _USAGE_LIMIT,
+        "percent_bytes": _PERCENT, "percent_objects": _PERCENT,
+        "overrides": {**array(s(enum=["max_bytes", "max_objects", "max_object_size"])),
+                      "description": "The limits the bucket sets itself"}}),
+    "QuotaPage": obj({"buckets": array(ref("QuotaUsage")), "total": COUNT, "limit": INT,
+                      "offset": COUNT}),
+    "PutQuota": obj({"max_bytes": _LIMIT, "max_objects": _LIMIT, "max_object_size": _LIMIT},
+                    "max_bytes", "max_objects", "max_object_size",
+                    description="Limits not given stay as they are"),
+    "UserUsage": obj({"user": s(), "buckets": COUNT, "used_bytes": COUNT,
+                      "used_objects": COUNT}),
+    "UsageReport": obj({"users": array(ref("UserUsage"))}),
+}
+
+# -- responses -----------------------------------------------------------------------------
+
+_REQUEST_ID = {"$ref": "#/components/headers/RequestId"}
+#: Sent on every answer while rate limits are on (GATEWAY_RATE_LIMITS), absent otherwise.
+_RATE_HEADERS = {name: {"$ref": f"#/components/headers/{name.replace('-', '')}"}
+                 for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining",
+                              "X-RateLimit-Reset")}
+_MEANINGS = {
+    400: "Invalid input", 401: "Missing or invalid credentials", 403: "Not allowed",
+    404: "Not found", 409: "Conflict", 411: "Content-Length is required",
+    412: "A precondition did not hold", 413: "The body is too large",
+    415: "The body must be application/json", 416: "The range is not satisfiable",
+    429: "Rate limit exceeded (see Retry-After)",
+    500: "Internal error (logged with the request id)", 501: "Not implemented",
+    503: "The gateway is starting or unavailable", 507: "Storage quota exceeded",
+}
+ERROR_STATUSES = tuple(_MEANINGS)
+
+
+def _error_headers(status: int) -> dict[str, Any]:
+    headers: dict[str, Any] = {"X-Request-Id": _REQUEST_ID, **_RATE_HEADERS}
+    if status == 429:
+        headers["Retry-After"] = {"schema": s("Seconds"), "required": True}
+    if status == 401:
+        headers["WWW-Authenticate"] = {"schema": s(example="Bearer")}
+    if status == 416:
+        headers["Content-Range"] = {"schema": s(example="bytes */1024")}
+    return headers
+
+
+def _responses() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status, meaning in _MEANINGS.items():
+        code = STATUS_CODES.get(status, "SERVER_ERROR")
+        headers = _error_headers(status)
+        out[f"Error{status}"] = {"description": f"{meaning} ({code})", "headers": headers,
+                                 "content": {"application/json": {
+                                     "schema": ref("ErrorEnvelope")}}}
+        out[f"StorageError{status}"] = {
+            "description": f"{meaning} (\"{code.lower()}\")", "headers": headers,
+            "content": {"application/json": {"schema": ref("StorageError")}}}
+        out[f"HeadError{status}"] = {"description": f"{meaning} (no body: HEAD)",
+                                     "headers": headers}
+    return out
+
+
+def _headers(**named: Schema) -> dict[str, Any]:
+    return {"X-Request-Id": _REQUEST_ID, **_RATE_HEADERS, **{
+        name.replace("_", "-"): {"schema": schema, "required": True}
+        for name, schema in named.items()}}
+
+
+def json_answer(schema: Schema, description: str = "OK", **headers: Schema) -> Schema:
+    return {"description": description, "headers": _headers(**headers),
+            "content": {"application/json": {"schema": schema}}}
+
+
+def envelope(data: Schema, description: str = "OK", *, message: bool = False,
+             **headers: Schema) -> Schema:
+    """The success envelope ``{"success": true, "data": …, "message"?}``."""
+    props: dict[str, Schema] = {"success": TRUE, "data": data, "message": s()}
+    return json_answer(obj(props, *(() if message else ("message",))), description,
+                       **headers)
+
+
+# -- operations ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Style:
+    """Which error responses an operation answers with."""
+
+    prefix: str
+
+
+ENVELOPE, STORAGE, HEAD = Style("Error"), Style("StorageError"), Style("HeadError")
+_JSON_BODY_ERRORS = (400, 413, 415)
+
+
+def param(where: str, name: str, schema: Schema, description: str | None = None, *,
+          required: bool = False, example: Any = None) -> Schema:
+    p: Schema = {"name": name, "in": where, "schema": schema,
+                 "required": required or where == "path"}
+    if description:
+        p["description"] = description
+    if example is not None:
+        p["example"] = example
+    return p
+
+
+def op(operation_id: str, tag: str, summary: str, answers: dict[int, Schema], *,
+       errors: tuple[int, ...] = (), style: Style = ENVELOPE, params: tuple[Schema, ...] = (),
+       body: str | None = None, body_required: bool = True, public: bool = False,
+       description: str | None = None) -> Schema:
+    """One operation. ``body``: the name of its JSON body schema (adds 400/413/415);
+    ``public``: no credentials (otherwise 401 is added); 429, 500 and 503 always."""
+    statuses = set(errors) | {429, 500, 503}
+    if not public:
+        statuses.add(401)
+    if body is not None:
+        statuses |= set(_JSON_BODY_ERRORS)
+    responses: dict[str, Any] = {str(code): answer for code, answer in answers.items()}
+    for code in sorted(statuses):
+        responses[str(code)] = {"$ref": f"#/components/responses/{style.prefix}{code}"}
+    out: Schema = {"operationId": operation_id, "tags": [tag], "summary": summary}
+    if description:
+        out["description"] = description
+    if params:
+        out["parameters"] = list(params)
+    if body is not None:
+        out["requestBody"] = {"required": body_required, "content": {
+            "application/json": {"schema": ref(body)}}}
+    out["responses"] = responses
+    if public:
+        out["security"] = []
+    return out
+
+
+BUCKET = param("path", "bucket", s(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"),
+               example="mybot.gbai")
+KEY = param("path", "key", s(minLength=1), "The object key; it may contain '/'",
+            example="docs/manual.pdf")
+UPLOAD_ID = param("path", "uploadId", s(pattern="^[A-Za-z0-9_-]{64}$"),
+                  "As returned when the upload was initiated")
+PART_NUMBER = param("path", "partNumber", {"type": "integer", "minimum": 1,
+                                           "maximum": MAX_PART_NUMBER})
+NAME = param("path", "name", s(minLength=1), example="alice")
+GROUP = param("path", "name", s(minLength=1), example="editors")
+_READ_HEADERS = (
+    param("header", "Range", s("One range, bytes=START-END (others: the whole object)"),
+          example="bytes=0-1023"),
+    param("header", "If-Match", s()), param("header", "If-None-Match", s()),
+    param("header", "If-Modified-Since", s()), param("header", "If-Unmodified-Since", s()))
+_WRITE_HEADERS = (
+    param("header", "Content-MD5", s("Base64 MD5 of the body, verified")),
+    param("header", "If-None-Match", s("'*': only if no such object exists")),
+    param("header", "If-Match", s("Only if the current object has this ETag")))
+_OBJECT_HEADERS = {"ETag": s(), "Last-Modified": s(), "Content-Length": s()}
+_BINARY_ANY = {"*/*": {"schema": BINARY}}
+_OBJECT_PATH = "/v1/storage/buckets/{bucket}/objects/{key}"
+_STORAGE_READ = (400, 403, 404)
+_STORAGE_WRITE = (400, 403, 404, 413, 507)
+
+
+def _object_read(head: bool) -> Schema:
+    verb = "head" if head else "get"
+    content: dict[str, Any] = {} if head else {"content": _BINARY_ANY}
+    full = {"description": "The object" + (" (headers only)" if head else ""),
+            "headers": _headers(**_OBJECT_HEADERS), **content}
+    part = {"description": "The requested range",
+            "headers": _headers(**_OBJECT_HEADERS, Content_Range=s()), **content}
+    return op(f"{verb}Object", "storage", "Object metadata" if head else "Download an object",
+              {200: full, 206: part, 304: {"description": "Not modified (If-None-Match, "
+                                                          "If-Modified-Since)",
+                                           "headers": _headers()}},
+              errors=(*_STORAGE_READ, 412, 416), style=HEAD if head else STORAGE,
+              params=(BUCKET, KEY, *_READ_HEADERS),
+              description="The body streams as stored, with its Content-Type, ETag, "
+                          "Last-Modified and x-amz-meta-* headers.")
+
+
+_OVERLOADED = (
+    "The path shares its shape with an object's: only when uploadId is 64 URL-safe Base64 "
+    "characters (partNumber a number) does it mean the upload (404 when there is no such "
+    "upload). Otherwise it names the object whose key is the whole rest of the path, and "
+    "the request is {op}.")
+
+
+def _either(*names: str) -> Schema:
+    return {"anyOf": [ref(name) for name in names]}
+
+
+def storage_paths() -> dict[str, Schema]:
+    obj_path = _OBJECT_PATH
+    return {
+        "/v1/storage/buckets": {
+            "get": op("listBuckets", "storage", "List buckets",
+                      {200: json_answer(ref("BucketList"))}, errors=(403,), style=STORAGE),
+            "post": op("createBucket", "storage", "Create a bucket",
+                       {201: json_answer(ref("BucketCreated"), "Created", Location=s())},
+                       errors=(403, 409, 501), style=STORAGE, body="CreateBucket")},
+        "/v1/storage/buckets/{bucket}": {
+            "delete": op("deleteBucket", "storage", "Delete an empty bucket",
+                         {200: json_answer(ref("BucketDeleted"))}, errors=(403, 404, 409),
+                         style=STORAGE, params=(BUCKET,))},
+        "/v1/storage/buckets/{bucket}/objects": {
+            "get": op("listObjects", "storage", "List objects",
+                      {200: json_answer(ref("ObjectList"))}, errors=_STORAGE_READ,
+                      style=STORAGE, params=(
+                          BUCKET, param("query", "prefix", s(), example="docs/"),
+                          param("query", "delimiter", s(), example="/"),
+                          param("query", "max_keys", {**COUNT, "default": MAX_KEYS},
+                                f"Values above {MAX_KEYS} count as {MAX_KEYS}"),
+                          param("query", "continuation_token", s(),
+                                "From the previous page")))},
+        obj_path: {
+            "get": _object_read(head=False),
+            "head": _object_read(head=True),
+            "put": {**op("putObject", "storage", "Upload an object",
+                         {200: json_answer(ref("ObjectWritten"), ETag=s())},
+                         errors=(*_STORAGE_WRITE, 409, 411, 412), style=STORAGE,
+                         params=(BUCKET, KEY, *_WRITE_HEADERS),
+                         description="The body is the object, streamed; Content-Length is "
+                                     "required, Content-Type is stored, x-amz-meta-* "
+                                     "headers become metadata, x-amz-checksum-* are "
+                                     "verified."),
+                     "requestBody": {"required": True, "content": _BINARY_ANY}},
+            "delete": op("deleteObject", "storage", "Delete an object (idempotent)",
+                         {200: json_answer(ref("ObjectDeleted"))}, errors=_STORAGE_READ,
+                         style=STORAGE, params=(BUCKET, KEY))},
+        obj_path + "/copy": {
+            "post": op("copyObject", "storage", "Copy an object",
+                       {200: json_answer(ref("ObjectCopied"))}, errors=_STORAGE_WRITE,
+                       style=STORAGE, params=(BUCKET, KEY), body="CopyObject",
+                       description="The path names the source unless the body does.")},
+        obj_path + "/presign": {
+            "post": op("presignObject", "storage", "Presign an S3 URL for the object",
+                       {200: json_answer(ref("PresignedUrl"))},
+                       errors=(403, 404, 409), style=STORAGE, params=(BUCKET, KEY),
+                       body="Presign", body_required=False,
+                       description="A SigV4 URL of the S3 endpoint, signed with the "
+                                   "caller's oldest enabled S3 key (409 without one).")},
+        obj_path + "/multipart": {
+            "post": op("createMultipartUpload", "storage", "Initiate a multipart upload",
+                       {200: json_answer(ref("MultipartUpload"))}, errors=_STORAGE_READ,
+                       style=STORAGE, params=(BUCKET, KEY), body="InitiateMultipart",
+                       body_required=False)},
+        obj_path + "/multipart/{uploadId}": {
+            "delete": op("abortMultipartUpload", "storage", "Abort a multipart upload",
+                         {200: json_answer(_either("UploadAborted", "ObjectDeleted"))},
+                         errors=_STORAGE_READ, style=STORAGE, params=(BUCKET, KEY, UPLOAD_ID),
+                         description=_OVERLOADED.format(op="deleteObject"))},
+        obj_path + "/multipart/{uploadId}/{partNumber}": {
+            "put": {**op("uploadPart", "storage", "Upload a part",
+                         {200: json_answer(_either("PartUploaded", "ObjectWritten"), ETag=s())},
+                         errors=(*_STORAGE_WRITE, 409, 411, 412, 416), style=STORAGE,
+                         params=(BUCKET, KEY, UPLOAD_ID, PART_NUMBER, *_WRITE_HEADERS),
+                         description=_OVERLOADED.format(op="putObject")),
+                    "requestBody": {"required": True, "content": _BINARY_ANY}}},
+        obj_path + "/multipart/{uploadId}/complete": {
+            "post": op("completeMultipartUpload", "storage", "Complete a multipart upload",
+                       {200: json_answer(ref("ObjectWritten"))}, errors=_STORAGE_WRITE,
+                       style=STORAGE, params=(BUCKET, KEY, param(
+                           "path", "uploadId", s(), "As returned when it was initiated")),
+                       body="CompleteMultipart", body_required=False)},
+    }
+
+
+def account_paths() -> dict[str, Schema]:
+    return {
+        "/v1/auth/login": {
+            "post": op("login", "auth", "Log in for a session token",
+                       {200: envelope(ref("Session"), Cache_Control=s())}, public=True,
+                       errors=(401,),
+                       body="Login", body_required=False,
+                       description="401 for wrong or missing credentials. Send the token "
+                                   "as 'Authorization: Bearer …'.")},
+        "/v1/auth/logout": {
+            "post": op("logout", "auth", "End this login session",
+                       {200: envelope(ref("LoggedOut"), message=True)}, errors=(400,),
+                       description="Only a session logs out (400 for an API token).")},
+        "/v1/auth/me": {
+            "get": op("me", "auth", "Who is calling", {200: envelope(ref("Me"))})},
+        "/v1/tokens": {
+            "get": op("listTokens", "tokens", "List API tokens",
+                      {200: envelope(array(ref("Token")))}, errors=(403,),
+                      params=(param("query", "user", s(), "Admins: whose (default: yours)"),)),
+            "post": op("createToken", "tokens", "Create an API token",
+                       {201: envelope(ref("NewToken"), "Created", message=True,
+                                      Cache_Control=s())}, errors=(403,), body="CreateToken",
+                       description="The token is shown once. It may not hold permissions "
+                                   "its creator lacks.")},
+        "/v1/tokens/{token_id}": {
+            "delete": op("revokeToken", "tokens", "Revoke an API token",
+                         {200: envelope(ref("TokenRevoked"), message=True)}, errors=(404,),
+                         params=(param("path", "token_id", s()),))},
+    }
+
+
+def admin_paths() -> dict[str, Schema]:
+    a = "admin"
+    grants_errors = (403, 404)
+    return {
+        "/v1/admin/users": {
+            "get": op("listUsers", a, "List users", {200: envelope(array(ref("User")))},
+                      errors=(403,)),
+            "post": op("createUser", a, "Create a user",
+                       {201: envelope(ref("User"), "Created", message=True)},
+                       errors=(403, 409), body="CreateUser")},
+        "/v1/admin/users/{name}": {
+            "patch": op("updateUser", a, "Change a user's role, password or state",
+                        {200: envelope(ref("User"), message=True)}, errors=(403, 404),
+                        params=(NAME,), body="UpdateUser")},
+        "/v1/admin/users/{name}/keys": {
+            "get": op("listAccessKeys", a, "List a user's S3 keys",
+                      {200: envelope(array(ref("AccessKey")))}, errors=(403, 404),
+                      params=(NAME,)),
+            "post": op("createAccessKey", a, "Create or import an S3 key",
+                       {201: envelope(ref("NewAccessKey"), "Created", message=True,
+                                      Cache_Control=s())}, errors=(403, 404, 409),
+                       params=(NAME,), body="CreateAccessKey", body_required=False)},
+        "/v1/admin/keys/{access_key}": {
+            "patch": op("updateAccessKey", a, "Enable or disable an S3 key",
+                        {200: envelope(ref("AccessKeyState"))}, errors=(403, 404),
+                        params=(param("path", "access_key", s()),), body="UpdateAccessKey")},
+        "/v1/admin/groups": {
+            "get": op("listGroups", a, "List groups", {200: envelope(array(ref("Group")))},
+                      errors=(403,)),
+            "post": op("createGroup", a, "Create a group",
+                       {201: envelope(ref("Group"), "Created", message=True)},
+                       errors=(403, 409), body="CreateGroup")},
+        "/v1/admin/groups/{name}": {
+            "delete": op("deleteGroup", a, "Delete a group",
+                         {200: envelope(ref("GroupDeleted"), message=True)}, errors=(403, 404),
+                         params=(GROUP,))},
+        "/v1/admin/groups/{name}/members/{user}": {
+            "put": op("addGroupMember", a, "Add a member", {200: envelope(ref("Group"))},
+                      errors=(403, 404), params=(GROUP, param("path", "user", s()))),
+            "delete": op("removeGroupMember", a, "Remove a member",
+                         {200: envelope(ref("Group"))}, errors=(403, 404),
+                         params=(GROUP, param("path", "user", s())))},
+        "/v1/admin/buckets/{bucket}/grants": {
+            "get": op("listGrants", a, "List a bucket's grants",
+                      {200: envelope(array(ref("Grant")))}, errors=grants_errors,
+                      params=(BUCKET,),
+                      description="Admins, the bucket's owner and holders of a full grant."),
+            "put": op("putGrant", a, "Grant a user or group access to a bucket",
+                      {200: envelope(ref("GrantSaved"), message=True)}, errors=grants_errors,
+                      params=(BUCKET,), body="PutGrant"),
+            "delete": op("deleteGrant", a, "Revoke a grant",
+                         {200: envelope(ref("GrantRevoked"), message=True)},
+                         errors=grants_errors, body="Grantee", body_required=False,
+                         params=(BUCKET, param("query", "grantee_type", ref("GranteeType")),
+                                 param("query", "grantee", s())))},
+        "/v1/admin/quotas": {
+            "get": op("listQuotas", "quotas", "Every bucket's quota and usage",
+                      {200: envelope(ref("QuotaPage"))}, errors=(400, 403), params=(
+                          param("query", "limit", {"type": "integer", "minimum": 1,
+                                                   "default": 20},
+                                "Values above 100 count as 100"),
+                          param("query", "offset", {**COUNT, "default": 0})))},
+        "/v1/admin/buckets/{bucket}/quota": {
+            "get": op("getQuota", "quotas", "A bucket's quota and usage",
+                      {200: envelope(ref("QuotaUsage"))}, errors=(403, 404),
+                      params=(BUCKET,),
+                      description="Admins, and whoever may read the bucket."),
+            "put": op("putQuota", "quotas", "Set a bucket's limits",
+                      {200: envelope(ref("QuotaUsage"), message=True)}, errors=(403, 404),
+                      params=(BUCKET,), body="PutQuota")},
+        "/v1/admin/usage": {
+            "get": op("usageByUser", "quotas", "Storage used per user",
+                      {200: envelope(ref("UsageReport"))}, errors=(403,))},
+    }
+
+
+def docs_paths() -> dict[str, Schema]:
+    page = {"description": "OK", "headers": _headers(Cache_Control=s(), ETag=s())}
+    same = {"description": "Not modified (If-None-Match)", "headers": _headers()}
+    return {
+        "/v1/openapi.json": {"get": op(
+            "openapi", "docs", "This document",
+            {200: {**page, "content": {"application/json": {"schema": {"type": "object"}}}},
+             304: same},
+            public=True)},
+        "/docs": {"get": op("docs", "docs", "This documentation, as a web page",
+                            {200: {**page, "content": {"text/html": {"schema": s()}}},
+                             304: same},
+                            public=True)},
+        "/docs/{asset}": {"get": op(
+            "docsAsset", "docs", "The docs page's scripts and styles",
+            {200: {**page, "content": {"text/javascript": {"schema": s()},
+                                       "text/css": {"schema": s()},
+                                       "text/plain": {"schema": s()}}},
+             304: same},
+            errors=(404,), public=True,
+            params=(param("path", "asset", s(enum=sorted(ASSETS))),))},
+    }
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document of every route in ``gateway.api.ROUTE_MODULES``."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Gateway JSON API", "version": __version__,
+            "description": (
+                "The gateway's management API. Storage below /v1/storage answers errors in "
+                "the Storage API reference's flat shape ({\"error\", \"message\", …}); "
+                "every other endpoint uses the envelope {\"success\", \"data\"|\"error\"}. "
+                "Every answer carries X-Request-Id. The S3 protocol itself is served at "
+                "the server root and is not described here."),
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"}},
+        "servers": [{"url": "/api"}],
+        "security": [{"bearerAuth": []}, {"apiKey": []}],
+        "tags": [{"name": n, "description": d} for n, d in (
+            ("storage", "Buckets and objects (the Storage API reference)"),
+            ("auth", "Login sessions"), ("tokens", "API tokens"),
+            ("admin", "Users, S3 keys, groups and bucket grants"),
+            ("quotas", "Bucket quotas and usage"), ("docs", "This documentation"))],
+        "paths": {**storage_paths(), **account_paths(), **admin_paths(), **docs_paths()},
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": _responses(),
+            "headers": {
+                "RequestId": {"description": "The request's id (also in error bodies)",
+                              "required": True, "schema": s()},
+                "XRateLimitLimit": {"description": "Requests allowed per hour",
+                                    "schema": s()},
+                "XRateLimitRemaining": {"description": "Requests left this hour",
+                                        "schema": s()},
+                "XRateLimitReset": {"description": "When the budget refills (epoch s)",
+                                    "schema": s()}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                               "description": "A login session token (POST /v1/auth/login) "
+                                              "or an API token (gwt_…)"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
+                           "description": "Base64 of an API token"}}},
+    }
+
+
+# -- serving -------------------------------------------------------------------------------
+
+#: Packaged files the docs page uses: served name → (path below ``static/``, media type).
+ASSETS: dict[str, tuple[str, str]] = {
+    "swagger-ui-bundle.js": ("swagger-ui/swagger-ui-bundle.js", "text/javascript"),
+    "swagger-ui.css": ("swagger-ui/swagger-ui.css", "text/css"),
+    "docs.js": ("docs.js", "text/javascript"),
+    "LICENSE": ("swagger-ui/LICENSE", "text/plain"),
+    "NOTICE": ("swagger-ui/NOTICE", "text/plain"),
+    "swagger-ui-bundle.js.LICENSE.txt": ("swagger-ui/swagger-ui-bundle.js.LICENSE.txt",
+                                         "text/plain"),
+}
+_IMMUTABLE = "public, max-age=31536000, immutable"  # the page names assets by content hash
+_PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+             "img-src 'self' data:; connect-src 'self'; font-src 'self' data:; "
+             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@dataclass(frozen=True)
+class _File:
+    body: bytes
+    media_type: str
+    etag: str
+
+
+def _file(body: bytes, media_type: str) -> _File:
+    return _File(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+
+
+@cache
+def _asset(name: str) -> _File:
+    path, media_type = ASSETS[name]
+    text = media_type.startswith("text/")
+    data = resources.files("gateway.api").joinpath("static", *path.split("/")).read_bytes()
+    return _file(data, media_type + ("; charset=utf-8" if text else ""))
+
+
+@cache
+def _page() -> _File:
+    html = resources.files("gateway.api").joinpath("static", "docs.html").read_text("utf-8")
+    for name in ASSETS:
+        html = html.replace("{{" + name + "}}", _asset(name).etag.strip('"')[:16])
+    return _file(html.encode(), "text/html; charset=utf-8")
+
+
+@cache
+def _openapi() -> _File:
+    return _file(json.dumps(document(), separators=(",", ":")).encode(), "application/json")
+
+
+def _serve(request: Request, file: _File, cache_control: str,
+           extra: dict[str, str] | None = None) -> Response:
+    headers = {"ETag": file.etag, "Cache-Control": cache_control,
+               "X-Content-Type-Options": "nosniff", **(extra or {})}
+    if file.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(file.body, headers=headers, media_type=file.media_type)
+
+
+async def openapi_json(request: Request) -> Response:
+    return _serve(request, _openapi(), "no-cache")
+
+
+async def docs_page(request: Request) -> Response:
+    return _serve(request, _page(), "no-cache",
+                  {"Content-Security-Policy": _PAGE_CSP, "X-Frame-Options": "DENY",
+                   "Referrer-Policy": "no-referrer"})
+
+
+async def docs_asset(request: Request) -> Response:
+    name: str = request.path_params["asset"]
+    if name not in ASSETS:
+        raise ApiError(404, "NOT_FOUND", f"No docs asset {name!r}")
+    return _serve(request, _asset(name), _IMMUTABLE)
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs_page, methods=["GET"]),
+    Route("/docs/{asset}", docs_asset, methods=["GET"]),
+]

@@ -1,0 +1,366 @@
+"""The OpenAPI document (GET /api/v1/openapi.json) and the docs page (GET /api/docs).
+
+- The document is valid OpenAPI 3.1 and names exactly the routes of ``ROUTE_MODULES``
+  (path and method, both ways), so neither can drift from the other.
+- The served document, the page and its packaged assets load (types, cache headers, 304s).
+- Headless Chromium renders the page offline: every operation is listed and no request
+  leaves 127.0.0.1.
+- Schemathesis, against a real gateway with an admin API token, checks that no answer is a
+  5xx and that every answer's status code, content type, headers and body match the
+  document. The run is bounded (``MAX_EXAMPLES`` per operation) and deterministic.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from starlette.routing import Match, Route
+
+from gateway.api import ROUTE_MODULES, collect_routes
+from gateway.api.openapi import ASSETS, document
+from tests._server import GatewayProcess
+
+HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+#: Sample values for path parameters, to turn a documented path into a request path.
+SAMPLES = {"uploadId": "A" * 64, "partNumber": "7", "key": "docs/manual.pdf",
+           "asset": "docs.js"}
+MAX_EXAMPLES = 50
+BUCKET, KEY = "mybot.gbai", "docs/manual.pdf"  # the document's examples; they exist
+
+
+def documented() -> set[tuple[str, str]]:
+    return {(path, method.upper()) for path, item in document()["paths"].items()
+            for method in item if method in HTTP_METHODS}
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{([^}]+)\}", lambda m: SAMPLES.get(m[1], "x1"), path)
+
+
+def dispatched(path: str, method: str) -> Route | None:
+    """The route the API's router sends this request to (the first full match)."""
+    scope = {"type": "http", "path": path, "root_path": "", "method": method}
+    for route in collect_routes():
+        assert isinstance(route, Route)
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+    return None
+
+
+# -- the document and the routes -------------------------------------------------------------
+
+
+def test_document_is_valid_openapi_31() -> None:
+    from openapi_spec_validator import validate
+
+    doc = document()
+    assert doc["openapi"] == "3.1.0"
+    validate(doc)
+    ids = [op["operationId"] for item in doc["paths"].values()
+           for method, op in item.items() if method in HTTP_METHODS]
+    assert len(ids) == len(set(ids)), "operationIds must be unique"
+    assert set(doc["components"]["securitySchemes"]) == {"bearerAuth", "apiKey"}
+
+
+def test_every_route_is_documented_and_every_operation_is_a_route() -> None:
+    assert "gateway.api.openapi" in ROUTE_MODULES
+    routes = collect_routes()
+    # Document → routes: each operation reaches a route that takes its method.
+    reached: set[tuple[str, str]] = set()
+    for path, method in sorted(documented()):
+        route = dispatched(concrete(path), method)
+        assert route is not None, f"{method} {path} is documented but no route answers it"
+        reached.add((route.path, method))
+    # Routes → document: every (route, method) is reached by a documented operation. HEAD
+    # is implied by GET (Starlette answers it on every GET route); where it is an operation
+    # of its own (objects) the document says so, and that was checked above.
+    for route in routes:
+        assert isinstance(route, Route)
+        for method in sorted(route.methods or ()):
+            if method == "HEAD" and "GET" in (route.methods or ()):
+                continue
+            assert (route.path, method) in reached, \
+                f"{method} {route.path} ({route.endpoint.__qualname__}) is not documented"
+
+
+def test_storage_object_sub_operations_are_documented() -> None:
+    """One Starlette route serves POST ``…/objects/{path}`` and dispatches on the last
+    segment; each operation it knows is a documented path of its own."""
+    from gateway.api import storage
+
+    paths = document()["paths"]
+    base = "/v1/storage/buckets/{bucket}/objects/{key}"
+    for name in storage._POST_OPERATIONS:
+        assert "post" in paths[f"{base}/{name}"], name
+    assert "post" in paths[base + "/multipart/{uploadId}/complete"]
+    assert "put" in paths[base + "/multipart/{uploadId}/{partNumber}"]
+    assert "delete" in paths[base + "/multipart/{uploadId}"]
+    for verb in ("get", "head", "put", "delete"):
+        assert verb in paths[base]
+
+
+# -- a real gateway --------------------------------------------------------------------------
+
+
+@dataclass
+class Api:
+    server: GatewayProcess
+    token: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/api"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30,
+                            headers={"Authorization": f"Bearer {self.token}"})
+
+
+def cli(data: Path, *args: str) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-m", "gateway", *args, "--json",
+                             "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout)) if result.stdout.strip().startswith("{") else {}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """Its own gateway: the Schemathesis run creates and changes users, tokens, buckets."""
+    server = GatewayProcess(tmp_path_factory.mktemp("openapi") / "data").start()
+    try:
+        made = cli(server.data_dir, "token", "create", "--user", "admin", "--name", "openapi",
+                   "--permission", "storage:read", "--permission", "storage:write",
+                   "--permission", "admin")
+        found = Api(server, made["token"])
+        # What the document's examples name, so that example requests also succeed.
+        with found.client() as c:
+            assert c.post("/v1/storage/buckets", json={"name": BUCKET}).status_code == 201
+            assert c.put(f"/v1/storage/buckets/{BUCKET}/objects/{KEY}",
+                         content=b"%PDF-1.4 manual").status_code == 200
+            assert c.post("/v1/admin/users", json={"name": "alice"}).status_code == 201
+            assert c.post("/v1/admin/groups", json={"name": "editors"}).status_code == 201
+        yield found
+    except BaseException:
+        print(server.log())
+        raise
+    finally:
+        server.stop()
+
+
+def test_served_document_is_the_document(api: Api) -> None:
+    r = httpx.get(api.url + "/v1/openapi.json")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["cache-control"] == "no-cache"
+    assert r.json() == json.loads(json.dumps(document()))
+    again = httpx.get(api.url + "/v1/openapi.json", headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_docs_page_and_assets_load(api: Api) -> None:
+    page = httpx.get(api.url + "/docs")
+    assert page.status_code == 200
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["cache-control"] == "no-cache"
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    assert 'data-spec-url="v1/openapi.json"' in page.text
+    # Assets are named relative to the page (/api/docs), with a content hash.
+    refs = re.findall(r'(?:src|href)="(docs/[^"]+)"', page.text)
+    assert {urlsplit(r).path for r in refs} == {
+        "docs/swagger-ui.css", "docs/swagger-ui-bundle.js", "docs/docs.js"}
+    types = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+    for ref in refs:
+        r = httpx.get(f"{api.url}/{ref}")
+        assert r.status_code == 200, ref
+        assert r.headers["content-type"] == types[Path(urlsplit(ref).path).suffix]
+        assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert urlsplit(ref).query == "v=" + r.headers["etag"].strip('"')[:16]
+        same = httpx.get(f"{api.url}/{ref}", headers={"If-None-Match": r.headers["etag"]})
+        assert same.status_code == 304 and same.content == b""
+    bundle = httpx.get(api.url + "/docs/swagger-ui-bundle.js")
+    assert len(bundle.content) > 1_000_000 and b"SwaggerUIBundle" in bundle.content
+    for name in ("LICENSE", "NOTICE"):
+        r = httpx.get(f"{api.url}/docs/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert "Apache License" in httpx.get(api.url + "/docs/LICENSE").text
+    missing = httpx.get(api.url + "/docs/nope.js")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "NOT_FOUND"
+    assert set(ASSETS) >= {"swagger-ui-bundle.js", "swagger-ui.css", "docs.js"}
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+
+
+def test_docs_page_renders_every_operation_offline(api: Api) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium not installed: apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    requested: list[str] = []
+    problems: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context()
+
+            def guard(route: Any) -> None:
+                url = route.request.url
+                requested.append(url)
+                if urlsplit(url).hostname == "127.0.0.1" or url.startswith("data:"):
+                    route.continue_()
+                else:
+                    route.abort()  # it would have left the machine: recorded, then failed
+
+            context.route("**/*", guard)
+            page = context.new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(api.url + "/docs", wait_until="networkidle")
+            page.wait_for_selector(".opblock", timeout=30_000)
+            shown = page.locator(".opblock-summary-path").all_inner_texts()
+            title = page.locator(".info .title").inner_text()
+        finally:
+            browser.close()
+    outside = [u for u in requested
+               if urlsplit(u).hostname != "127.0.0.1" and not u.startswith("data:")]
+    assert outside == [], outside
+    assert any(u.endswith("/api/v1/openapi.json") for u in requested), requested
+    assert problems == [], problems
+    assert "Gateway JSON API" in title
+    normalized = {p.replace("\u200b", "").strip() for p in shown}
+    assert "/v1/storage/buckets" in normalized
+    paths = set(document()["paths"])
+    assert paths <= normalized, sorted(paths - normalized)
+
+
+# -- Schemathesis ----------------------------------------------------------------------------
+
+schemathesis = pytest.importorskip("schemathesis")
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_headers_conformance, response_schema_conformance]
+
+
+#: The document as the code builds it; test_served_document_is_the_document checks that
+#: the gateway serves exactly this. (Loaded in-process: schemathesis.pytest.from_fixture
+#: fails under pytest 9, ``Function._nodeid``.)
+api_schema = schemathesis.openapi.from_dict(document())
+api_schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True,
+                                    database="none")
+# 501 (versioning: true) and 507 (quota exceeded) are answers the document promises, not
+# failures; status_code_conformance still checks that the operation documents them.
+api_schema.config.checks.not_a_server_error.expected_statuses = ["2xx", "3xx", "4xx", "501",
+                                                                  "507"]
+
+
+def _has_line_feed(case: Any) -> bool:
+    """Schemathesis keeps path parameters percent-encoded."""
+    return any(isinstance(v, str) and ("\n" in v or "%0a" in v.lower())
+               for v in (case.path_parameters or {}).values())
+
+
+@api_schema.parametrize()
+def test_api_conforms_to_its_document(case: Any, api: Api) -> None:
+    """Nothing is excluded. Logout is safe to fuzz with the run's API token: only a login
+    session can log out (an API token is answered 400, as documented)."""
+    headers = {"Authorization": f"Bearer {api.token}"}
+    if case.path.startswith("/v1/admin/keys"):
+        # The other credential form, X-Api-Key (Base64), gets some traffic too.
+        headers = {"X-Api-Key": base64.b64encode(api.token.encode()).decode()}
+    if _has_line_feed(case):
+        # KNOWN BUG (test_a_line_feed_in_a_path_is_answered_as_json): such requests never
+        # reach a handler, and their 404 has the wrong shape. Asserted as it is; once the fix
+        # lands the xfail test passes (strict: it fails), and this branch goes.
+        assert case.call(base_url=api.url, headers=headers).status_code == 404
+        return
+    case.call_and_validate(base_url=api.url, headers=headers, checks=CHECKS)
+
+
+@pytest.mark.xfail(reason="BUG: Starlette's Mount('/api') (gateway/app.py) and '{path:path}' "
+                          "match with '.*' and '$', which stop at a line feed: /api paths "
+                          "with %0A inside get Starlette's plain-text 404 (no JSON, no "
+                          "X-Request-Id), with a trailing %0A an envelope 404 even below "
+                          "/v1/storage; S3 keys with a line feed are unreachable here")
+def test_a_line_feed_in_a_path_is_answered_as_json(api: Api) -> None:
+    with api.client() as c:
+        r = c.delete("/v1/tokens/a%0Ab")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+        assert r.headers["x-request-id"]
+        r = c.get(f"/v1/storage/buckets/{BUCKET}/objects/nothing%0A")
+        assert r.status_code == 404 and r.json()["error"] == "not_found"
+        key = "line\nfeed.txt"
+        assert c.put(f"/v1/storage/buckets/{BUCKET}/objects/line%0Afeed.txt",
+                     content=b"x").status_code == 200
+        listed = c.get(f"/v1/storage/buckets/{BUCKET}/objects", params={"prefix": "line"})
+        assert [o["key"] for o in listed.json()["objects"]] == [key]
+
+
+def test_unknown_credentials_are_401_in_both_shapes(api: Api) -> None:
+    """The document's 401s: a flat body below /v1/storage, the envelope elsewhere."""
+    bad = {"Authorization": "Bearer gwt_" + uuid.uuid4().hex}
+    r = httpx.get(api.url + "/v1/storage/buckets", headers=bad)
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    r = httpx.get(api.url + "/v1/admin/users", headers=bad)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+# -- bugs the document and the run brought up (other modules); strict xfails pin them -------
+
+
+@pytest.mark.xfail(reason="BUG gateway/api/admin_quotas.py: a limit above 2**63-1 passes "
+                          "validation and SQLite's INTEGER overflows: 500 SERVER_ERROR")
+def test_a_quota_limit_too_large_to_store_is_a_400(api: Api) -> None:
+    with api.client() as c:
+        r = c.put(f"/v1/admin/buckets/{BUCKET}/quota", json={"max_bytes": 2**63})
+        assert r.status_code == 400, r.text
+
+
+@pytest.mark.xfail(reason="BUG gateway/api/tokens.py: an expires_at near year 9999 with a "
+                          "negative UTC offset overflows when stored as UTC: 500 SERVER_ERROR")
+def test_a_token_expiry_beyond_year_9999_utc_is_a_400(api: Api) -> None:
+    with api.client() as c:
+        r = c.post("/v1/tokens", json={"name": "far", "permissions": ["storage:read"],
+                                       "expires_at": "9999-12-31T23:59:59-23:59"})
+        assert r.status_code == 400, r.text
+
+
+@pytest.mark.xfail(reason="BUG gateway/api/storage.py (_attributes): copy and multipart "
+                          "accept content_type/metadata that cannot be HTTP header text; the "
+                          "object is then unreadable: GET/HEAD answer 500 (non-Latin-1) or "
+                          "the connection drops (a line break in a metadata name or value)")
+def test_metadata_that_cannot_be_a_header_is_refused(api: Api) -> None:
+    with api.client() as c:
+        base = f"/v1/storage/buckets/{BUCKET}/objects"
+        r = c.post(f"{base}/{KEY}/copy", json={"destination_key": "meta/copy",
+                                               "metadata": {"note": "\u0101"}})
+        if r.status_code == 200:  # accepted: then it must stay readable
+            assert c.get(f"{base}/meta/copy").status_code == 200
+        else:
+            assert r.status_code == 400, r.text
