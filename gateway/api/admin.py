@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.api.common import Caller, gateway_of, ok, read_json, require_caller
+from gateway.api.common import gateway_of, ok, read_json, require_admin, require_caller
 from gateway.api.errors import ApiError, validation_error
 from gateway.service.accounts import AlreadyExists, NotFound
 
@@ -35,13 +35,6 @@ def _service_errors() -> Iterator[None]:
         raise validation_error(str(exc)) from None
 
 
-async def _admin(request: Request) -> Caller:
-    caller = await require_caller(request, "admin")
-    if not caller.principal.is_admin:
-        raise ApiError(403, "FORBIDDEN", "Administrators only")
-    return caller
-
-
 def _optional_str(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
@@ -53,12 +46,12 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
 
 
 async def list_users(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     return ok(await gateway_of(request).accounts.list_users())
 
 
 async def create_user(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     body = await read_json(request)
     name = _optional_str(body, "name")
     if not name:
@@ -75,7 +68,7 @@ async def create_user(request: Request) -> JSONResponse:
 
 
 async def update_user(request: Request) -> JSONResponse:
-    caller = await _admin(request)
+    caller = await require_admin(request)
     name = request.path_params["name"]
     body = await read_json(request)
     gw = gateway_of(request)
@@ -107,13 +100,13 @@ async def update_user(request: Request) -> JSONResponse:
 
 
 async def list_keys(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     with _service_errors():
         return ok(await gateway_of(request).accounts.list_keys(request.path_params["name"]))
 
 
 async def create_key(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     body = await read_json(request, allow_empty=True)
     name = request.path_params["name"]
     with _service_errors():
@@ -125,7 +118,7 @@ async def create_key(request: Request) -> JSONResponse:
 
 
 async def update_key(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     body = await read_json(request)
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
@@ -140,12 +133,12 @@ async def update_key(request: Request) -> JSONResponse:
 
 
 async def list_groups(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     return ok(await gateway_of(request).groups.list_groups())
 
 
 async def create_group(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     body = await read_json(request)
     name = _optional_str(body, "name")
     if not name:
@@ -157,7 +150,7 @@ async def create_group(request: Request) -> JSONResponse:
 
 
 async def delete_group(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     name = request.path_params["name"]
     with _service_errors():
         await gateway_of(request).groups.delete_group(name)
@@ -165,7 +158,7 @@ async def delete_group(request: Request) -> JSONResponse:
 
 
 async def add_member(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     group, user = request.path_params["name"], request.path_params["user"]
     groups = gateway_of(request).groups
     with _service_errors():
@@ -174,7 +167,7 @@ async def add_member(request: Request) -> JSONResponse:
 
 
 async def remove_member(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     group, user = request.path_params["name"], request.path_params["user"]
     groups = gateway_of(request).groups
     with _service_errors():

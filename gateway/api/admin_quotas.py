@@ -12,15 +12,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.api.admin import _admin
-from gateway.api.common import gateway_of, int_query, ok, read_json, require_caller
+from gateway.api.common import (
+    gateway_of,
+    int_query,
+    ok,
+    read_json,
+    require_admin,
+    require_caller,
+)
 from gateway.api.errors import validation_error
 
 _LIMITS = ("max_bytes", "max_objects", "max_object_size")
 
 
 async def list_quotas(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     limit = int_query(request, "limit", 20, minimum=1, maximum=100)
     offset = int_query(request, "offset", 0)
     usages = await gateway_of(request).quotas.list_all()
@@ -39,7 +45,7 @@ async def get_quota(request: Request) -> JSONResponse:
 
 
 async def put_quota(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     body = await read_json(request)
     unknown = sorted(set(body) - set(_LIMITS))
     if unknown:
@@ -62,7 +68,7 @@ async def put_quota(request: Request) -> JSONResponse:
 
 
 async def usage_by_user(request: Request) -> JSONResponse:
-    await _admin(request)
+    await require_admin(request)
     return ok({"users": await gateway_of(request).quotas.usage_by_user()})
 
 

@@ -112,3 +112,11 @@ async def require_caller(request: Request, permission: str) -> Caller:
     caller = await get_caller(request)
     require(caller, permission)
     return caller
+
+
+async def require_admin(request: Request) -> Caller:
+    """Administration: the admin role *and* a credential holding the admin permission."""
+    caller = await require_caller(request, "admin")
+    if not caller.principal.is_admin:
+        raise ApiError(403, "FORBIDDEN", "Administrators only")
+    return caller

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.api.auth import Caller, get_caller, require, require_caller
+from gateway.api.auth import Caller, get_caller, require, require_admin, require_caller
 from gateway.api.errors import (
     GATEWAY_SCOPE_KEY,
     REQUEST_ID_SCOPE_KEY,
@@ -40,7 +40,7 @@ MAX_JSON_BODY = 1024 * 1024
 
 __all__ = [
     "MAX_JSON_BODY", "Caller", "gateway_of", "get_caller", "int_query", "ok", "read_json",
-    "request_id", "require", "require_caller", "set_resource",
+    "request_id", "require", "require_admin", "require_caller", "set_resource",
 ]
 
 

@@ -47,9 +47,7 @@ from gateway.api.common import (
 from gateway.api.errors import ApiError, validation_error
 from gateway.api.presign import MAX_PRESIGNED_EXPIRES, presign_url
 from gateway.checksums import DigestingStream, checksum_request
-
-# Header parsing is HTTP, not S3: these pure functions are shared with the S3 layer.
-from gateway.s3.headers import (
+from gateway.headers import (
     content_length,
     object_attributes,
     parse_range,

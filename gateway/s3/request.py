@@ -12,7 +12,7 @@ from gateway import errors
 from gateway.auth.chunked import decode_aws_chunked
 from gateway.auth.sigv4 import AuthContext, PayloadMode
 from gateway.checksums import DigestingStream, checksum_request
-from gateway.s3.headers import content_length
+from gateway.headers import content_length
 from gateway.s3.routing import Operation
 from gateway.s3.xml import MAX_XML_BODY
 from gateway.types import Principal

@@ -10,15 +10,15 @@ from starlette.responses import Response
 
 from gateway import errors
 from gateway.checksums import ALGORITHMS, header_for, normalize_algorithm
-from gateway.s3.handlers.common import owner_xml, xml_response
-from gateway.s3.handlers.objects import checksum_type, int_param
-from gateway.s3.headers import (
+from gateway.headers import (
     object_attributes,
     parse_copy_source,
     parse_range,
     read_conditions,
     write_conditions,
 )
+from gateway.s3.handlers.common import owner_xml, xml_response
+from gateway.s3.handlers.objects import checksum_type, int_param
 from gateway.s3.request import S3Request
 from gateway.s3.xml import children, el, iso8601, local, parse
 from gateway.service.multipart import MAX_LIST, CompletedPart

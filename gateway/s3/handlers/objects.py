@@ -10,8 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import errors
 from gateway.checksums import checksum_request
-from gateway.s3.handlers.common import http_date, xml_response
-from gateway.s3.headers import (
+from gateway.headers import (
     metadata_directive,
     object_attributes,
     parse_copy_source,
@@ -19,6 +18,7 @@ from gateway.s3.headers import (
     read_conditions,
     write_conditions,
 )
+from gateway.s3.handlers.common import http_date, xml_response
 from gateway.s3.request import S3Request
 from gateway.s3.xml import children, el, iso8601, local, parse
 from gateway.service.objects import ObjectRead

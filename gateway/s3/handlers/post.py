@@ -10,9 +10,9 @@ from starlette.responses import Response
 from gateway import errors
 from gateway.auth.postpolicy import check_content_length, verify_post_form
 from gateway.checksums import DigestingStream
+from gateway.headers import object_attributes
 from gateway.s3.form import FormReader, boundary_of
 from gateway.s3.handlers.common import xml_response
-from gateway.s3.headers import object_attributes
 from gateway.s3.request import S3Request
 from gateway.s3.xml import el
 from gateway.types import Principal
