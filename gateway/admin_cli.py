@@ -24,7 +24,7 @@ from gateway.metadata.db import Database
 from gateway.service.accounts import AccountService
 from gateway.service.context import Context
 from gateway.service.groups import GroupService
-from gateway.service.tokens import PERMISSIONS, TokenService
+from gateway.service.tokens import PERMISSIONS, TokenService, utc_expiry
 from gateway.settings import Settings, parse_duration
 from storage_backends.memory import MemoryBackend
 
@@ -144,8 +144,12 @@ def _expiry(args: argparse.Namespace) -> datetime:
             at = datetime.fromisoformat(args.expires_at)
         except ValueError:
             raise ValueError(f"not an ISO 8601 date-time: {args.expires_at!r}") from None
-        return at if at.tzinfo else at.replace(tzinfo=UTC)
-    return datetime.now(UTC) + timedelta(seconds=parse_duration(args.expires_in))
+        return utc_expiry(at)
+    try:
+        return datetime.now(UTC) + timedelta(seconds=parse_duration(args.expires_in))
+    except OverflowError:
+        raise ValueError("an expiry must be a time UTC can hold (years 1 to 9999), not "
+                         f"{args.expires_in} from now") from None
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -233,6 +237,9 @@ async def _run(command: str, args: argparse.Namespace) -> Any:
             case "key", "create":
                 access, secret = await accounts.create_key(args.user, args.access_key,
                                                            args.secret_key)
+                if args.secret_key is not None:
+                    # Imported: the operator has it; provisioning logs should not.
+                    return {"user": args.user, "access_key": access, "imported": True}
                 return {"user": args.user, "access_key": access, "secret_key": secret}
             case "key", "list":
                 return await accounts.list_keys(args.user)
@@ -265,7 +272,7 @@ def run(command: str, args: argparse.Namespace) -> int:
     elif command == "token" and args.action == "create":
         print(f"token: {result['token']}\nid: {result['id']}  expires: {result['expires_at']}"
               "\n(the token is shown this once; send it Base64-encoded in X-Api-Key)")
-    elif command == "key" and args.action == "create":
+    elif command == "key" and args.action == "create" and "secret_key" in result:
         print(f"access key: {result['access_key']}\nsecret key: {result['secret_key']}\n"
               "(the secret is shown this once)")
     else:
