@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.api import build_api
@@ -29,7 +29,8 @@ log = logging.getLogger("gateway")
 
 #: Paths that belong to the gateway itself, not to S3 (their names are reserved buckets,
 #: so S3 requests on them, such as CreateBucket, are still answered by S3).
-_OWN_PREFIXES = ("/api/", "/console/")
+API_PREFIX = "/api"
+_OWN_PREFIXES = (API_PREFIX + "/", "/console/")
 _OWN_READ_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/console"})
 GC_INTERVAL_SECONDS = 3600
 
@@ -47,6 +48,14 @@ def announce_root(creds: RootCredentials) -> None:
     )
 
 
+def _below_api(scope: Scope) -> Scope:
+    """The scope the API app sees, as a ``Mount("/api")`` would make it: the full path,
+    with ``/api`` added to ``root_path`` (routes match the path below it)."""
+    root_path: str = scope.get("root_path", "")
+    return {**scope, "app_root_path": scope.get("app_root_path", root_path),
+            "root_path": root_path + API_PREFIX}
+
+
 class GatewayApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -54,9 +63,12 @@ class GatewayApp:
         self.gateway: Gateway | None = None
         #: Rate-limit policy and counters, while running (the JSON API checks them too).
         self.rate_limits: RateLimits | None = None
+        #: ``/api/…``, dispatched directly rather than through a Starlette ``Mount``, whose
+        #: pattern (``.*`` then ``$``) does not match across a line feed (``%0A``, legal in
+        #: an S3 key).
+        self.api = build_api(self)
         self.own = Starlette(
-            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz),
-                    Mount("/api", app=build_api(self))],
+            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz)],
             lifespan=self.lifespan,
         )
 
@@ -70,7 +82,9 @@ class GatewayApp:
                 host_bucket = split_host_bucket(host, self.settings.domain)
             own = path.startswith(_OWN_PREFIXES) or (
                 path in _OWN_READ_PATHS and scope["method"] in ("GET", "HEAD"))
-            if host_bucket is None and own:
+            if host_bucket is None and path.startswith(API_PREFIX + "/"):
+                await self.api(_below_api(scope), receive, send)
+            elif host_bucket is None and own:
                 await self.own(scope, receive, send)
             else:
                 await self.s3(scope, receive, send)

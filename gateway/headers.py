@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -19,6 +20,7 @@ from gateway.errors import (
 from gateway.types import (
     STORED_HEADERS,
     ObjectAttributes,
+    ObjectRecord,
     RangeKind,
     RangeSpec,
     ReadConditions,
@@ -107,8 +109,96 @@ def write_conditions(headers: Mapping[str, str]) -> WriteConditions:
     return WriteConditions(if_match=tag, if_none_match_any=if_none_match is not None)
 
 
-def object_attributes(headers: Mapping[str, str]) -> ObjectAttributes:
-    """Content-Type, the stored system headers, x-amz-meta-* and the storage class."""
+#: RFC 9110 ``token``: the characters of a header name, and so of a metadata name.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Control characters but HTAB: never in a header value (CR or LF would end it).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def has_control_characters(value: str) -> bool:
+    """Whether ``value`` holds a character no header value may (HTAB aside)."""
+    return _CONTROL.search(value) is not None
+
+
+def encoded_word(value: str) -> str:
+    """``value`` as one RFC 2047 encoded-word (UTF-8, Base64): how S3 returns metadata
+    values that are not US-ASCII."""
+    raw = value.encode("utf-8", "replace")  # "replace": a lone surrogate has no UTF-8
+    return "=?UTF-8?B?" + base64.b64encode(raw).decode("ascii") + "?="
+
+
+def _sendable(value: str) -> bool:
+    """Whether a response header can carry ``value`` as it is: each character one Latin-1
+    byte, no control character."""
+    if has_control_characters(value):
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def header_value(value: str) -> str:
+    """A stored value as response header text that can always be sent: as it is when HTTP
+    can carry it (anything written through S3 headers can), else RFC 2047-encoded. Guards
+    the read path against whatever another writer, or an older version, stored."""
+    trimmed = value.strip(" \t")  # HTTP drops surrounding whitespace anyway
+    return trimmed if _sendable(trimmed) else encoded_word(value)
+
+
+def object_headers(record: ObjectRecord, default_type: str) -> dict[str, str]:
+    """Content-Type, the stored system headers and x-amz-meta-* of a GET/HEAD answer, as
+    text a response can carry. A metadata name that cannot be a header name is left out
+    and counted in ``x-amz-missing-meta``, as S3 does."""
+    content_type = (record.content_type or "").strip(" \t")
+    headers = {"Content-Type": content_type if content_type and _sendable(content_type)
+               else default_type}
+    for name, value in record.headers.items():
+        if _TOKEN.fullmatch(name):
+            headers[name] = header_value(value)
+    missing = 0
+    for name, value in record.user_metadata.items():
+        if _TOKEN.fullmatch(name):
+            headers[META_PREFIX + name] = header_value(value)
+        else:
+            missing += 1
+    if missing:
+        headers["x-amz-missing-meta"] = str(missing)
+    return headers
+
+
+def _text_fields(headers: Mapping[str, str]) -> dict[str, str]:
+    """Fields given as text (a JSON body, form fields), checked as S3 checks request
+    headers and turned into what headers would have carried: metadata names are tokens;
+    no value holds a control character (CR and LF above all); surrounding whitespace goes;
+    a non-ASCII metadata value is stored RFC 2047-encoded (as S3 returns it), while other
+    non-ASCII values (Content-Type, Content-Disposition, …) are refused."""
+    out: dict[str, str] = {}
+    for name, raw in headers.items():
+        meta = name.startswith(META_PREFIX)
+        if meta and not _TOKEN.fullmatch(name[len(META_PREFIX):]):
+            raise InvalidArgument(
+                "A metadata name must be a valid HTTP header name (letters, digits and "
+                "!#$%&'*+-.^_`|~)", name=name)
+        value = raw.strip(" \t")
+        if has_control_characters(value):
+            raise InvalidArgument(f"{name} must not contain control characters or line "
+                                  "breaks", name=name)
+        if not value.isascii():
+            if not meta:
+                raise InvalidArgument(f"{name} must be US-ASCII text", name=name)
+            value = encoded_word(value)
+        out[name] = value
+    return out
+
+
+def object_attributes(headers: Mapping[str, str], *, text: bool = False) -> ObjectAttributes:
+    """Content-Type, the stored system headers, x-amz-meta-* and the storage class.
+    ``text``: the values are text from a JSON body or form fields, not request headers
+    (which HTTP has already held to header syntax): check and encode them first."""
+    if text:
+        headers = _text_fields(headers)
     user: dict[str, str] = {}
     total = 0
     for name, value in headers.items():

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.types import MAX_SQL_INT
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -134,11 +136,13 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (e.g. 5000, 100MB, 10GiB)")
     try:
         number = float(digits) if "." in digits else int(digits)
-    except ValueError:
+        size = int(number * _SIZE_UNITS[unit])
+    except (ValueError, OverflowError):
         raise ValueError(f"not a size: {text!r} (e.g. 5000, 100MB, 10GiB)") from None
-    size = int(number * _SIZE_UNITS[unit])
     if size < 0:
         raise ValueError(f"a size cannot be negative: {text!r}")
+    if size > MAX_SQL_INT:
+        raise ValueError(f"a size is at most {MAX_SQL_INT} bytes: {text!r}")
     return size
 
 

@@ -36,6 +36,9 @@ class Owner:
     display_name: str
 
 
+#: The largest integer SQL stores (BIGINT; SQLite's INTEGER): bigger ones never reach SQL.
+MAX_SQL_INT = 2**63 - 1
+
 #: Whoever sends a request without credentials.
 ANONYMOUS = Principal(user_id=0, name="anonymous", role="anonymous")
 

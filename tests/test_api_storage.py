@@ -8,15 +8,18 @@ import base64
 import hashlib
 import importlib
 import json
+import sqlite3
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.header import decode_header
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 import botocore.auth
 import botocore.session
@@ -630,6 +633,194 @@ def test_reference_curl_examples(env: Env, api: httpx.Client, tmp_path: Path) ->
     assert head.headers["content-type"] == "application/pdf"
 
 
+# -- keys with line breaks ------------------------------------------------------------------
+
+def _path(key: str) -> str:
+    return quote(key, safe="/")
+
+
+def test_keys_with_line_breaks_are_reachable_both_ways(api: httpx.Client, boto: Any,
+                                                       bkt: str) -> None:
+    """S3 keys may hold CR and LF; the JSON API's routes match them like any character."""
+    # Written through S3, used through the JSON API.
+    key = "kb/line\nfeed\r.txt"
+    boto.put_object(Bucket=bkt, Key=key, Body=b"from s3", Metadata={"k": "v"})
+    got = api.get(f"/buckets/{bkt}/objects/{_path(key)}")
+    assert got.status_code == 200, got.text
+    assert got.content == b"from s3" and got.headers["x-amz-meta-k"] == "v"
+    head = api.head(f"/buckets/{bkt}/objects/{_path(key)}")
+    assert head.status_code == 200 and head.headers["content-length"] == "7"
+    copy = "kb/copy\r\n"
+    copied = api.post(f"/buckets/{bkt}/objects/{_path(key)}/copy",
+                      json={"destination_key": copy})
+    assert copied.status_code == 200, copied.text
+    assert boto.get_object(Bucket=bkt, Key=copy)["Body"].read() == b"from s3"
+    gone = api.delete(f"/buckets/{bkt}/objects/{_path(key)}")
+    assert gone.json() == {"deleted": True, "key": key}
+    storage_error(api.get(f"/buckets/{bkt}/objects/{_path(key)}"), 404, "not_found")
+    assert boto.list_objects_v2(Bucket=bkt, Prefix="kb/line").get("KeyCount") == 0
+
+    # A trailing line feed is part of the key, not dropped by the route's end anchor.
+    boto.put_object(Bucket=bkt, Key="trail", Body=b"no line feed")
+    missing = storage_error(api.get(f"/buckets/{bkt}/objects/trail%0A"), 404, "not_found")
+    assert missing["resource"] == f"{bkt}/trail\n"
+    assert api.put(f"/buckets/{bkt}/objects/trail%0A", content=b"with").status_code == 200
+    assert boto.get_object(Bucket=bkt, Key="trail\n")["Body"].read() == b"with"
+    assert boto.get_object(Bucket=bkt, Key="trail")["Body"].read() == b"no line feed"
+    assert api.delete(f"/buckets/{bkt}/objects/trail%0A").json()["key"] == "trail\n"
+    assert boto.get_object(Bucket=bkt, Key="trail")["Body"].read() == b"no line feed"
+    # Nor does a line feed after a fixed path reach that path's route.
+    storage_error(api.get("/buckets%0A"), 404, "not_found")
+    storage_error(api.get(f"/buckets/{bkt}/objects%0A"), 404, "not_found")
+
+    # Written through the JSON API (single PUT and multipart), used through S3.
+    key = "api\r\nkey\n"
+    assert api.put(f"/buckets/{bkt}/objects/{_path(key)}", content=b"from api",
+                   headers={"x-amz-meta-k": "w"}).status_code == 200
+    got_s3 = boto.get_object(Bucket=bkt, Key=key)
+    assert got_s3["Body"].read() == b"from api" and got_s3["Metadata"] == {"k": "w"}
+    assert boto.head_object(Bucket=bkt, Key=key)["ContentLength"] == 8
+    boto.copy_object(Bucket=bkt, Key="s3\ncopy", CopySource={"Bucket": bkt, "Key": key})
+    assert api.get(f"/buckets/{bkt}/objects/{_path('s3' + chr(10) + 'copy')}").content \
+        == b"from api"
+    multi = "multi\npart"
+    upload = api.post(f"/buckets/{bkt}/objects/{_path(multi)}/multipart").json()["upload_id"]
+    part = api.put(f"/buckets/{bkt}/objects/{_path(multi)}/multipart/{upload}/1",
+                   content=b"one part")
+    assert part.status_code == 200 and part.json()["part_number"] == 1, part.text
+    done = api.post(f"/buckets/{bkt}/objects/{_path(multi)}/multipart/{upload}/complete")
+    assert done.status_code == 200 and done.json()["key"] == multi, done.text
+    assert boto.get_object(Bucket=bkt, Key=multi)["Body"].read() == b"one part"
+    aborted = api.post(f"/buckets/{bkt}/objects/{_path(multi)}/multipart").json()["upload_id"]
+    assert api.delete(f"/buckets/{bkt}/objects/{_path(multi)}/multipart/{aborted}").json() \
+        == {"aborted": True, "key": multi, "upload_id": aborted}
+    boto.delete_object(Bucket=bkt, Key=key)
+    storage_error(api.get(f"/buckets/{bkt}/objects/{_path(key)}"), 404, "not_found")
+    listed = [o["key"] for o in api.get(f"/buckets/{bkt}/objects").json()["objects"]]
+    assert sorted(listed) == sorted(["kb/copy\r\n", "multi\npart", "s3\ncopy", "trail"])
+
+
+# -- metadata and content types that become response headers ---------------------------------
+
+def _decoded(value: str) -> str:
+    return "".join(part.decode(charset or "ascii") if isinstance(part, bytes) else part
+                   for part, charset in decode_header(value))
+
+
+def test_metadata_must_be_header_text(api: httpx.Client, boto: Any, bkt: str) -> None:
+    """Copy and initiate-multipart take metadata and content_type as JSON; they are held to
+    what S3 accepts as request headers. Non-ASCII metadata values are stored RFC 2047-encoded
+    (as S3 returns them); anything else a header cannot carry is a 400."""
+    api.put(f"/buckets/{bkt}/objects/src", content=b"source")
+    bad_bodies = [
+        {"content_type": "text/\u0100"},
+        {"content_type": "text/plain\r\nX-Injected: 1"},
+        {"metadata": {"note": "a\nb"}},
+        {"metadata": {"note": "a\rb"}},
+        {"metadata": {"note": "bell\u0007"}},
+        {"metadata": {"bad\nname": "x"}},
+        {"metadata": {"two words": "x"}},
+        {"metadata": {"n\u0101me": "x"}},
+        {"metadata": {"": "x"}},
+    ]
+    for body in bad_bodies:
+        copied = api.post(f"/buckets/{bkt}/objects/src/copy",
+                          json={"destination_key": "dst", **body})
+        storage_error(copied, 400, "validation_error")
+        started = api.post(f"/buckets/{bkt}/objects/mp/multipart", json=body)
+        storage_error(started, 400, "validation_error")
+    presigned = api.post(f"/buckets/{bkt}/objects/src/presign",
+                         json={"operation": "PUT", "content_type": "text/\u0100"})
+    storage_error(presigned, 400, "validation_error")
+    assert boto.list_multipart_uploads(Bucket=bkt).get("Uploads", []) == []
+    storage_error(api.get(f"/buckets/{bkt}/objects/dst"), 404, "not_found")
+
+    note = "a\u00e7\u00e3o \u0101 \U0001f600"  # "ação ā 😀"
+    copied = api.post(f"/buckets/{bkt}/objects/src/copy", json={
+        "destination_key": "dst", "content_type": "text/plain; charset=utf-8",
+        "metadata": {"Note": note, "plain": "  ascii stays  "}})
+    assert copied.status_code == 200, copied.text
+    for response in (api.get(f"/buckets/{bkt}/objects/dst"),
+                     api.head(f"/buckets/{bkt}/objects/dst")):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+        encoded = response.headers["x-amz-meta-note"]
+        assert encoded.startswith("=?UTF-8?B?") and _decoded(encoded) == note
+        assert response.headers["x-amz-meta-plain"] == "ascii stays"
+    head = boto.head_object(Bucket=bkt, Key="dst")
+    assert _decoded(head["Metadata"]["note"]) == note
+    assert head["Metadata"]["plain"] == "ascii stays"
+
+    started = api.post(f"/buckets/{bkt}/objects/mp/multipart",
+                       json={"metadata": {"note": note}})
+    assert started.status_code == 200, started.text
+    upload = started.json()["upload_id"]
+    assert api.put(f"/buckets/{bkt}/objects/mp/multipart/{upload}/1",
+                   content=b"part").status_code == 200
+    done = api.post(f"/buckets/{bkt}/objects/mp/multipart/{upload}/complete")
+    assert done.status_code == 200, done.text
+    assert _decoded(api.head(f"/buckets/{bkt}/objects/mp").headers["x-amz-meta-note"]) == note
+    assert _decoded(boto.get_object(Bucket=bkt, Key="mp")["Metadata"]["note"]) == note
+
+
+def test_stored_values_a_header_cannot_carry_never_break_a_read(
+        env: Env, api: httpx.Client, boto: Any, bkt: str) -> None:
+    """Defense in depth: whatever a row holds (an older version's writes), GET and HEAD
+    answer, through S3 and the JSON API alike, with header text that can be sent."""
+    boto.put_object(Bucket=bkt, Key="tampered", Body=b"body", Metadata={"ok": "fine"})
+    db = sqlite3.connect(env.server.data_dir / "gateway.db", timeout=30)
+    try:
+        with db:
+            changed = db.execute(
+                "UPDATE objects SET content_type = ?, user_metadata = ?, headers = ? "
+                "WHERE key = ?",
+                ("text/\u0100", json.dumps({"ok": "fine", "note": "\u0101",
+                                            "crlf": "a\r\nInjected: 1", "bad name": "x",
+                                            "lf\nname": "y"}),
+                 json.dumps({"Content-Disposition": "attachment\n; x"}), "tampered"))
+            assert changed.rowcount == 1
+    finally:
+        db.close()
+    for response in (api.get(f"/buckets/{bkt}/objects/tampered"),
+                     api.head(f"/buckets/{bkt}/objects/tampered")):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/octet-stream"
+        assert response.headers["x-amz-meta-ok"] == "fine"
+        assert _decoded(response.headers["x-amz-meta-note"]) == "\u0101"
+        assert _decoded(response.headers["x-amz-meta-crlf"]) == "a\r\nInjected: 1"
+        assert "injected" not in response.headers
+        assert response.headers["x-amz-missing-meta"] == "2"  # the two invalid names
+        assert _decoded(response.headers["content-disposition"]) == "attachment\n; x"
+    got = boto.get_object(Bucket=bkt, Key="tampered")
+    assert got["Body"].read() == b"body" and got["ContentType"] == "binary/octet-stream"
+    assert got["Metadata"]["ok"] == "fine" and _decoded(got["Metadata"]["note"]) == "\u0101"
+    assert boto.head_object(Bucket=bkt, Key="tampered")["ContentLength"] == 4
+    # A response-* override that is not header text is refused; one beyond Latin-1 is sent
+    # RFC 2047-encoded.
+    url = boto.generate_presigned_url("get_object", Params={
+        "Bucket": bkt, "Key": "tampered", "ResponseContentDisposition": "a\r\nX-Injected: 1"})
+    refused = httpx.get(url)
+    assert refused.status_code == 400 and b"InvalidArgument" in refused.content
+    url = boto.generate_presigned_url("get_object", Params={
+        "Bucket": bkt, "Key": "tampered", "ResponseContentDisposition": "\u0101"})
+    sent = httpx.get(url)
+    assert sent.status_code == 200 and _decoded(sent.headers["content-disposition"]) == "\u0101"
+
+
+def test_part_numbers_and_offsets_sql_cannot_hold_are_refused(api: httpx.Client, boto: Any,
+                                                              bkt: str) -> None:
+    upload = api.post(f"/buckets/{bkt}/objects/big/multipart").json()["upload_id"]
+    for number in (0, 10_001, 2**63, 2**70):
+        done = api.post(f"/buckets/{bkt}/objects/big/multipart/{upload}/complete",
+                        json={"parts": [{"part_number": number, "etag": "x"}]})
+        storage_error(done, 400, "validation_error")
+    parts = boto.list_parts(Bucket=bkt, Key="big", UploadId=upload,
+                            PartNumberMarker=2**70)
+    assert parts.get("Parts", []) == [] and parts["IsTruncated"] is False
+    listed = api.get(f"/buckets/{bkt}/objects", params={"max_keys": str(2**70)})
+    assert listed.status_code == 200  # clamped to the page size, as documented
+
+
 # -- the framework, in process ---------------------------------------------------------------
 
 def _scope(path: str, method: str = "GET") -> dict[str, Any]:
@@ -656,6 +847,26 @@ def test_error_shapes() -> None:
         "success": False, "request_id": "RID",
         "error": {"code": "NOT_FOUND", "message": "Bucket not found",
                   "details": {"s3_code": "NoSuchBucket", "BucketName": "b"}}}
+
+
+async def test_api_app_answers_unknown_paths_and_methods_as_json() -> None:
+    """The API app is dispatched to directly (no Starlette app above it): its router's 404
+    and 405 still reach the JSON renderer, with a request id."""
+    async def hello(_request: Request) -> Response:
+        return Response("hi")
+
+    app = ApiApp(SimpleNamespace(gateway=object(), rate_limits=None),
+                 [Route("/v1/hello", hello, methods=["GET"])])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        missing = await client.get("/v1/hello%0A")
+        wrong = await client.delete("/v1/hello")
+        storage = await client.get("/v1/storage/x%0Ay")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
+    assert missing.headers["x-request-id"] == missing.json()["request_id"]
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+    assert wrong.headers["allow"] == "GET, HEAD"
+    assert storage.status_code == 404 and storage.json()["error"] == "not_found"
 
 
 async def test_unknown_exceptions_are_a_logged_500(caplog: pytest.LogCaptureFixture) -> None:

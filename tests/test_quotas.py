@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -310,3 +311,35 @@ def test_usage_is_exact_after_many_mixed_writes(server: GatewayProcess, s3: Any,
         list(pool.map(lambda i: s3.delete_object(Bucket=bucket, Key=f"k{i}"), range(3)))
     got = quota(server, bucket)
     assert (got["used_bytes"], got["used_objects"]) == stored(s3, bucket)
+
+
+def test_limits_sql_cannot_hold_are_refused(server: GatewayProcess, bucket: str) -> None:
+    """2**63 - 1 is the largest limit (SQL's BIGINT); a larger one is refused everywhere,
+    never stored (SQLite's INTEGER would overflow: a 500)."""
+    top = 2**63 - 1
+    before = quota(server, bucket)
+    too_big = gw(server, "quota", "set", bucket, "--max-bytes", str(top + 1))
+    assert too_big.returncode == 1 and "at most" in too_big.stderr
+    # --max-objects is a plain count: QuotaService.set itself refuses it.
+    too_many = gw(server, "quota", "set", bucket, "--max-objects", str(top + 1))
+    assert too_many.returncode == 1 and str(top) in too_many.stderr
+    assert quota(server, bucket) == before
+    assert set_quota(server, bucket, "--max-bytes", str(top))["max_bytes"] == top
+
+    made = json.loads(gw(server, "token", "create", "--user", "admin", "--name",
+                         uuid.uuid4().hex[:8], "--permission", "admin",
+                         "--permission", "storage:read", "--json").stdout)
+    with httpx.Client(base_url=server.url + "/api/v1/admin", timeout=30,
+                      headers={"Authorization": f"Bearer {made['token']}"}) as api:
+        for name in ("max_bytes", "max_objects", "max_object_size"):
+            for value in (top + 1, 2**64, 10**30):
+                r = api.put(f"/buckets/{bucket}/quota", json={name: value})
+                assert r.status_code == 400, r.text
+                assert r.json()["error"]["code"] == "VALIDATION_ERROR"
+        r = api.put(f"/buckets/{bucket}/quota", json={"max_objects": top})
+        assert r.status_code == 200 and r.json()["data"]["max_objects"] == top
+        assert api.get("/quotas", params={"offset": str(top + 1)}).status_code == 400
+        page = api.get("/quotas", params={"offset": str(top), "limit": str(2**70)})
+        assert page.status_code == 200, page.text
+        assert page.json()["data"]["buckets"] == [] and page.json()["data"]["limit"] == 100
+    assert quota(server, bucket)["max_bytes"] == top

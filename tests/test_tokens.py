@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,28 @@ async def test_expiry_permissions_and_disabled_users(data: Path,
     assert await tokens.authenticate(kept["token"]) is None
     assert gw(data, "user", "enable", "alice").returncode == 0
     assert await tokens.authenticate(kept["token"]) is not None
+
+
+async def test_expiries_utc_cannot_hold_are_refused(data: Path, tokens: TokenService) -> None:
+    """Expiries are stored in UTC: one beyond 9999-12-31T23:59:59Z once converted (a late
+    time with a negative offset) is refused, from the CLI and the service alike, and an
+    offset time is stored as the same instant in UTC."""
+    args = ("token", "create", "--user", "alice", "--name", "far", "--permission",
+            "storage:read")
+    beyond = gw(data, *args, "--expires-at", "9999-12-31T23:59:59-23:59")
+    assert beyond.returncode == 1 and "UTC can hold" in beyond.stderr
+    forever = gw(data, *args, "--expires-in", "99999999999999d")
+    assert forever.returncode == 1 and "UTC can hold" in forever.stderr
+    assert "Traceback" not in beyond.stderr + forever.stderr
+    last = create(data, *args[2:], "--expires-at", "9999-12-31T23:59:59+00:00")
+    assert last["expires_at"] == "9999-12-31T23:59:59+00:00"
+    shifted = create(data, *args[2:], "--expires-at", "2100-01-01T00:00:00-05:00")
+    assert shifted["expires_at"] == "2100-01-01T05:00:00+00:00"
+    assert await tokens.authenticate(last["token"]) is not None
+
+    west = timezone(-timedelta(hours=23, minutes=59))
+    with pytest.raises(ValueError, match="UTC can hold"):
+        await tokens.create("alice", "svc", ["storage:read"],
+                            datetime(9999, 12, 31, 23, 59, 59, tzinfo=west))
+    listed = {t.name for t in await tokens.list("alice")}
+    assert "svc" not in listed and listed >= {"far"}

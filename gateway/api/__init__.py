@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Protocol
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Router
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import errors, ratelimit
@@ -66,8 +67,17 @@ def collect_routes(modules: tuple[str, ...] = ROUTE_MODULES) -> list[BaseRoute]:
             if exc.name == name:
                 continue  # not written yet
             raise
-        routes.extend(module.routes)
+        routes.extend(_anchored(route) for route in module.routes)
     return routes
+
+
+def _anchored(route: BaseRoute) -> BaseRoute:
+    """Starlette ends a route's pattern with ``$``, which also matches before a final line
+    feed: ``/v1/tokens%0A`` would be ``/v1/tokens``, and an object key ending in a
+    line feed would lose it. Match the very end of the path instead."""
+    if isinstance(route, Route) and route.path_regex.pattern.endswith("$"):
+        route.path_regex = re.compile(route.path_regex.pattern[:-1] + r"\Z")
+    return route
 
 
 def _declares_body(scope: Scope) -> bool:
@@ -82,13 +92,15 @@ def _declares_body(scope: Scope) -> bool:
 class ApiApp:
     def __init__(self, owner: GatewayHolder, routes: list[BaseRoute]) -> None:
         self.owner = owner
-        self.router = Router(routes)
+        self.router = Router([_anchored(route) for route in routes])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.router(scope, receive, send)
             return
         started_at = time.perf_counter()
+        # Starlette's router and routes raise 404/405 (rendered below) when an app is set.
+        scope.setdefault("app", self)
         rid = new_request_id()
         scope[REQUEST_ID_SCOPE_KEY] = rid
         # No Starlette exception handlers below /api: every error is rendered here, as JSON.

@@ -21,6 +21,7 @@ from gateway.api.common import (
     require_caller,
 )
 from gateway.api.errors import validation_error
+from gateway.types import MAX_SQL_INT
 
 _LIMITS = ("max_bytes", "max_objects", "max_object_size")
 
@@ -57,11 +58,12 @@ async def put_quota(request: Request) -> JSONResponse:
             continue
         value = body[name]
         valid = value is None or value == "default" or (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+            isinstance(value, int) and not isinstance(value, bool)
+            and 0 <= value <= MAX_SQL_INT)
         if not valid:
             raise validation_error(
-                f"{name} must be a non-negative integer, null (unlimited) or \"default\"",
-                field=name)
+                f"{name} must be an integer from 0 to {MAX_SQL_INT}, null (unlimited) or "
+                "\"default\"", field=name)
         changes[name] = value
     usage = await gateway_of(request).quotas.set(request.path_params["bucket"], **changes)
     return ok(usage.as_dict(), message="Quota updated")

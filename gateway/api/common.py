@@ -32,6 +32,7 @@ from gateway.api.errors import (
     ApiError,
     validation_error,
 )
+from gateway.types import MAX_SQL_INT
 
 if TYPE_CHECKING:
     from gateway.core import Gateway
@@ -101,7 +102,8 @@ async def read_json(request: Request, *, limit: int = MAX_JSON_BODY,
 
 def int_query(request: Request, name: str, default: int, *, minimum: int = 0,
               maximum: int | None = None) -> int:
-    """An integer query parameter within bounds (values above ``maximum`` are clamped)."""
+    """An integer query parameter within bounds (values above ``maximum`` are clamped;
+    without a ``maximum``, values SQL cannot hold are refused)."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -111,4 +113,8 @@ def int_query(request: Request, name: str, default: int, *, minimum: int = 0,
         raise validation_error(f"{name} must be an integer", field=name) from None
     if value < minimum:
         raise validation_error(f"{name} must be at least {minimum}", field=name)
-    return min(value, maximum) if maximum is not None else value
+    if maximum is not None:
+        return min(value, maximum)
+    if value > MAX_SQL_INT:
+        raise validation_error(f"{name} must be at most {MAX_SQL_INT}", field=name)
+    return value

@@ -30,6 +30,7 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -49,21 +50,25 @@ from gateway.api.presign import MAX_PRESIGNED_EXPIRES, presign_url
 from gateway.checksums import DigestingStream, checksum_request
 from gateway.headers import (
     content_length,
+    has_control_characters,
     object_attributes,
+    object_headers,
     parse_range,
     read_conditions,
     write_conditions,
 )
 from gateway.service.listing import MAX_KEYS, list_keys
-from gateway.service.multipart import MAX_LIST, CompletedPart
+from gateway.service.multipart import MAX_LIST, MAX_PART_NUMBER, CompletedPart
 from gateway.service.objects import ObjectRead
 from gateway.types import ObjectAttributes, ObjectRecord
 
 PREFIX = "/v1/storage"
 _UPLOAD_ID = r"[A-Za-z0-9_-]{64}"
-_PART_PATH = re.compile(rf"(?P<key>.+)/multipart/(?P<upload>{_UPLOAD_ID})/(?P<part>\d{{1,5}})")
-_UPLOAD_PATH = re.compile(rf"(?P<key>.+)/multipart/(?P<upload>{_UPLOAD_ID})")
-_COMPLETE_PATH = re.compile(r"(?P<key>.+)/multipart/(?P<upload>[^/]+)/complete")
+# DOTALL: a key may hold any character, line breaks included.
+_PART_PATH = re.compile(rf"(?P<key>.+)/multipart/(?P<upload>{_UPLOAD_ID})/(?P<part>\d{{1,5}})",
+                        re.DOTALL)
+_UPLOAD_PATH = re.compile(rf"(?P<key>.+)/multipart/(?P<upload>{_UPLOAD_ID})", re.DOTALL)
+_COMPLETE_PATH = re.compile(r"(?P<key>.+)/multipart/(?P<upload>[^/]+)/complete", re.DOTALL)
 _PRESIGN_OPERATIONS = {"GET": False, "HEAD": False, "PUT": True, "DELETE": True}
 
 
@@ -129,7 +134,9 @@ def _attributes(body: dict[str, Any]) -> ObjectAttributes | None:
     headers = {f"x-amz-meta-{k.lower()}": v for k, v in metadata.items()}
     if content_type is not None:
         headers["content-type"] = content_type
-    return object_attributes(headers)
+    # Both become response headers: held to what S3 accepts in request headers, non-ASCII
+    # metadata values stored RFC 2047-encoded (gateway.headers._text_fields).
+    return object_attributes(headers, text=True)
 
 
 # -- buckets ---------------------------------------------------------------------------------
@@ -214,11 +221,8 @@ def _read_headers(read: ObjectRead) -> dict[str, str]:
         "ETag": rec.quoted_etag,
         "Last-Modified": format_datetime(rec.last_modified, usegmt=True),
         "Accept-Ranges": "bytes",
-        "Content-Type": rec.content_type or "application/octet-stream",
     }
-    headers.update(rec.headers)
-    for name, value in rec.user_metadata.items():
-        headers[f"x-amz-meta-{name}"] = value
+    headers.update(object_headers(rec, "application/octet-stream"))
     if read.byte_range is not None:
         r = read.byte_range
         headers["Content-Range"] = f"bytes {r.start}-{r.end - 1}/{rec.size}"
@@ -340,6 +344,10 @@ async def _presign(request: Request, key: str) -> Response:
         raise validation_error(f"expires_in is 1 to {MAX_PRESIGNED_EXPIRES} seconds (7 days)",
                                field="expires_in")
     content_type = _str_field(body, "content_type")
+    if content_type is not None and (has_control_characters(content_type)
+                                     or not content_type.isascii()):
+        raise validation_error("content_type must be US-ASCII text without control "
+                               "characters", field="content_type")
     require(caller, "storage:write" if write else "storage:read")
     gw = gateway_of(request)
     bucket: str = request.path_params["bucket"]
@@ -400,6 +408,8 @@ def _requested_parts(body: dict[str, Any]) -> list[CompletedPart] | None:
                 or not isinstance(etag, str):
             raise validation_error("each part is {\"part_number\": int, \"etag\": str}",
                                    field="parts")
+        if not 1 <= number <= MAX_PART_NUMBER:
+            raise validation_error(f"part_number is 1 to {MAX_PART_NUMBER}", field="parts")
         out.append(CompletedPart(number, etag.strip().strip('"')))
     return out or None
 
@@ -426,7 +436,23 @@ async def _complete(request: Request, key: str, upload_id: str) -> Response:
 
 _POST_OPERATIONS = {"copy": _copy, "presign": _presign, "multipart": _initiate}
 
-_OBJECT = PREFIX + "/buckets/{bucket}/objects/{path:path}"
+
+class KeyPathConvertor(Convertor[str]):
+    """The rest of the path, whatever it holds: Starlette's ``path`` convertor (``.*``)
+    stops at a line feed, which S3 keys may contain."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("keypath", KeyPathConvertor())
+
+_OBJECT = PREFIX + "/buckets/{bucket}/objects/{path:keypath}"
 routes: list[BaseRoute] = [
     Route(PREFIX + "/buckets", list_buckets, methods=["GET"]),
     Route(PREFIX + "/buckets", create_bucket, methods=["POST"]),

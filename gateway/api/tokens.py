@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.common import Caller, gateway_of, get_caller, ok, read_json
 from gateway.api.errors import ApiError, validation_error
-from gateway.service.tokens import PERMISSIONS, TokenService
+from gateway.service.tokens import PERMISSIONS, TokenService, utc_expiry
 
 DEFAULT_LIFETIME = timedelta(days=90)
 
@@ -45,7 +45,10 @@ def _expiry(body: dict[str, Any]) -> datetime | None:
     except ValueError:
         raise validation_error(f"expires_at is not an ISO 8601 date-time: {raw!r}",
                                field="expires_at") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+    try:
+        return utc_expiry(at)
+    except ValueError as exc:
+        raise validation_error(str(exc), field="expires_at") from None
 
 
 async def create_token(request: Request) -> JSONResponse:

@@ -256,7 +256,9 @@ class MultipartService:
         upload = await self.get_upload(principal, bucket_name, key, upload_id)
         limit = min(max(max_parts, 0), MAX_LIST)
         rows = await self.ctx.db.read(
-            lambda conn: repo.parts(conn, upload_id, after=marker, limit=limit + 1))
+            # No part number is above MAX_PART_NUMBER; a larger marker never reaches SQL.
+            lambda conn: repo.parts(conn, upload_id, after=min(marker, MAX_PART_NUMBER),
+                                    limit=limit + 1))
         truncated = len(rows) > limit
         rows = rows[:limit]
         return PartListing(upload, rows, truncated, rows[-1].part_number if rows else None)

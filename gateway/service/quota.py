@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from gateway import errors
 from gateway.metadata import repo
 from gateway.service.context import Context, shielded
-from gateway.types import BucketRecord
+from gateway.types import MAX_SQL_INT, BucketRecord
 
 log = logging.getLogger("gateway.quota")
 
@@ -299,12 +299,13 @@ class QuotaService:
                 values[_LIMIT_COLUMNS[name]] = None
             elif value is None:
                 values[_LIMIT_COLUMNS[name]] = UNLIMITED
-            elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            elif isinstance(value, int) and not isinstance(value, bool) and \
+                    0 <= value <= MAX_SQL_INT:
                 values[_LIMIT_COLUMNS[name]] = value
             else:
                 raise errors.InvalidArgument(
-                    f"{name} must be a non-negative integer, null (unlimited) or "
-                    "\"default\"", name=name, value=str(value))
+                    f"{name} must be an integer from 0 to {MAX_SQL_INT}, null (unlimited) "
+                    "or \"default\"", name=name, value=str(value))
         bucket = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, bucket_name))
         if bucket is None:
             raise errors.NoSuchBucket(fields={"BucketName": bucket_name})

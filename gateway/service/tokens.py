@@ -45,6 +45,16 @@ class TokenInfo:
                 "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
 
 
+def utc_expiry(at: datetime) -> datetime:
+    """``at`` in UTC (naive means UTC); ValueError when UTC cannot hold it (beyond year
+    9999, as ``9999-12-31T23:59:59-01:00`` is)."""
+    try:
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise ValueError("an expiry must be a time UTC can hold (years 1 to 9999), not "
+                         f"{at.isoformat()}") from None
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -77,6 +87,8 @@ class TokenService:
         if not name or len(name) > 128:
             raise ValueError("a token name has 1 to 128 characters")
         now = datetime.now(UTC)
+        if expires_at is not None:
+            expires_at = utc_expiry(expires_at)
         if expires_at is not None and expires_at <= now:
             raise ValueError("a token must expire in the future")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)

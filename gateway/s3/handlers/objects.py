@@ -11,8 +11,11 @@ from starlette.responses import Response, StreamingResponse
 from gateway import errors
 from gateway.checksums import checksum_request
 from gateway.headers import (
+    has_control_characters,
+    header_value,
     metadata_directive,
     object_attributes,
+    object_headers,
     parse_copy_source,
     parse_range,
     read_conditions,
@@ -71,11 +74,8 @@ def _read_headers(req: S3Request, read: ObjectRead) -> dict[str, str]:
         "ETag": rec.quoted_etag,
         "Last-Modified": http_date(rec.last_modified),
         "Accept-Ranges": "bytes",
-        "Content-Type": rec.content_type or "binary/octet-stream",
     }
-    headers.update(rec.headers)
-    for name, value in rec.user_metadata.items():
-        headers[f"x-amz-meta-{name}"] = value
+    headers.update(object_headers(rec, "binary/octet-stream"))
     if rec.storage_class != "STANDARD":
         headers["x-amz-storage-class"] = rec.storage_class
     if rec.parts_count and "partNumber" in req.query:
@@ -85,7 +85,11 @@ def _read_headers(req: S3Request, read: ObjectRead) -> dict[str, str]:
         headers.update(_checksum_headers(rec))
     for param, header in _OVERRIDES.items():
         if param in req.query:
-            headers[header] = req.query[param]
+            value = req.query[param]
+            if has_control_characters(value):
+                raise errors.InvalidArgument(f"{param} must not contain control characters",
+                                             name=param)
+            headers[header] = header_value(value)
     if read.byte_range is not None:
         r = read.byte_range
         headers["Content-Range"] = f"bytes {r.start}-{r.end - 1}/{rec.size}"

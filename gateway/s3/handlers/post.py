@@ -69,7 +69,8 @@ async def post_object(req: S3Request) -> Response:
     verified = await verify_post_form(fields, bucket=req.bucket, filename=reader.filename,
                                       lookup_secret=lookup_secret)
     principal = principals[verified.access_key]
-    attrs = object_attributes(_attributes_from(fields, reader.file_content_type))
+    # Form fields are text, not headers: checked and encoded as header text first.
+    attrs = object_attributes(_attributes_from(fields, reader.file_content_type), text=True)
     body = DigestingStream(_limited(reader.file(), verified.content_length_range))
     # The file is smaller than the whole form: the quota holds the form's length.
     record = await req.gateway.objects.put(principal, req.bucket, verified.key, body, attrs,
