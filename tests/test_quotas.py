@@ -183,6 +183,30 @@ def test_multipart_parts_count_as_used(server: GatewayProcess, s3: Any, bucket: 
     assert (got["used_bytes"], got["reserved_bytes"]) == (6 * MiB, 0)
 
 
+def test_parts_beyond_the_largest_object_are_refused_early(server: GatewayProcess, s3: Any,
+                                                          bucket: str) -> None:
+    set_quota(server, bucket, "--max-object-size", str(6 * MiB))
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1,
+                   Body=b"a" * (5 * MiB))
+    # Refused before its bytes are taken: the parts would make a 7 MiB object.
+    assert client_error(s3.upload_part, Bucket=bucket, Key="mp", UploadId=upload,
+                        PartNumber=2, Body=b"b" * (2 * MiB)) == ("EntityTooLarge", 400)
+    assert quota(server, bucket)["used_bytes"] == 5 * MiB
+    # Exactly at the limit; uploading a part again counts only what it replaces.
+    s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=2, Body=b"d" * MiB)
+    p1 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=1,
+                        Body=b"c" * (5 * MiB))
+    p2 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload, PartNumber=2,
+                        Body=b"e" * MiB)
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key="mp", UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1["ETag"]},
+                                   {"PartNumber": 2, "ETag": p2["ETag"]}]})
+    got = quota(server, bucket)
+    assert (got["used_bytes"], got["used_objects"]) == (6 * MiB, 1)
+
+
 def test_completing_needs_room_for_one_more_object(server: GatewayProcess, s3: Any,
                                                    bucket: str) -> None:
     set_quota(server, bucket, "--max-objects", "1")

@@ -160,9 +160,10 @@ class MultipartService:
         if bucket is None:
             raise errors.NoSuchUpload(fields={"UploadId": upload.id})
         quotas = self.objects.quotas
-        reservation = await quotas.reserve(
-            bucket, nbytes=quotas.require_size(bucket, size_hint), key=None,
-            part=(upload.id, part_number))
+        nbytes = quotas.require_size(bucket, size_hint)
+        await quotas.check_upload_size(bucket, upload.id, part_number, size_hint)
+        reservation = await quotas.reserve(bucket, nbytes=nbytes, key=None,
+                                           part=(upload.id, part_number))
         try:
             return await self._upload_part(upload, part_number, body, size_hint, reservation)
         except BaseException:

@@ -140,6 +140,25 @@ class QuotaService:
             raise errors.MissingContentLength()
         return 0
 
+    async def check_upload_size(self, bucket: BucketRecord, upload_id: str,
+                                part_number: int, size: int | None) -> None:
+        """Refuse a part that would make its upload larger than the bucket's largest object
+        before taking its bytes (CompleteMultipartUpload checks again, exactly)."""
+        limit = self.limits(bucket).max_object_size
+        if limit is None or size is None:
+            return
+
+        def others(conn: Connection) -> int:
+            replaced = repo.part(conn, upload_id, part_number)
+            return repo.upload_parts_size(conn, upload_id) - (replaced.size if replaced else 0)
+
+        total = await self.ctx.db.read(others) + size
+        if total > limit:
+            raise errors.EntityTooLarge(
+                f"The parts of this upload would exceed the bucket's maximum object size of "
+                f"{limit} bytes.", fields={"ProposedSize": str(total),
+                                          "MaxSizeAllowed": str(limit)})
+
     def _exceeded(self, bucket_id: int, conn: Connection) -> errors.QuotaExceeded:
         fresh = repo.bucket_by_id(conn, bucket_id)
         if fresh is None:
