@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
@@ -282,3 +282,14 @@ def content_length(headers: Mapping[str, str]) -> int | None:
     if n < 0:
         raise InvalidRequest("Content-Length is negative")
     return n
+
+
+def declares_body(raw_headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request announces a body (ASGI header pairs): one answered without reading
+    it cannot be followed by another request on the same connection."""
+    for name, value in raw_headers:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,11 +11,29 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 ROOT_ACCESS_KEY = "GWTESTROOTACCESSKEY1"
 ROOT_SECRET_KEY = "test-root-secret-key-0123456789abcdefghij"
+
+
+def run_cli(data: Path, *args: str, stdin: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``gateway <args> --data-dir <data>``, as an operator runs it; the caller checks the
+    exit code."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
+                          input=stdin, capture_output=True, text=True, timeout=60,
+                          check=False, env=env)
+
+
+def cli_json(data: Path, *args: str) -> dict[str, Any]:
+    """A CLI command that must succeed, with ``--json``; its object ({} for none)."""
+    result = run_cli(data, *args, "--json")
+    assert result.returncode == 0, (args, result.stderr)
+    out = result.stdout.strip()
+    return dict(json.loads(out)) if out.startswith("{") else {}
 
 
 def free_port() -> int:

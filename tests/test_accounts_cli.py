@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,15 +16,11 @@ from botocore.exceptions import ClientError
 
 from tests._errors import client_error
 from tests._server import GatewayProcess
+from tests._server import run_cli as gw
 
 BOB_CANONICAL = "b0b" + "0" * 61
 ALICE_KEY, ALICE_SECRET = "AKALICE0000000000001", "alice-secret-0123456789"
 BOB_KEY, BOB_SECRET = "AKBOB00000000000001", "bob-secret-0123456789"
-
-
-def gw(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
-                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def client(server: GatewayProcess, key: str, secret: str) -> Any:

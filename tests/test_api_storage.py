@@ -10,7 +10,6 @@ import importlib
 import json
 import sqlite3
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,19 +32,12 @@ from gateway import errors
 from gateway.api import ApiApp
 from gateway.api.errors import error_response
 from gateway.api.presign import presign_url
-from tests._server import GatewayProcess
+from tests._server import GatewayProcess, run_cli
+from tests._server import cli_json as cli
 from tests.conftest import make_client
 
 API = "/api/v1/storage"
 MiB = 1024 * 1024
-
-
-def cli(data: Path, *args: str) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-m", "gateway", *args, "--json",
-                             "--data-dir", str(data)],
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout)) if result.stdout.strip().startswith("{") else {}
 
 
 def token(data: Path, user: str, *permissions: str) -> tuple[str, str]:
@@ -192,9 +184,7 @@ def test_authentication(env: Env, bkt: str) -> None:
     revoked, revoked_id = token(env.server.data_dir, "bob", "storage:read")
     with env.client(revoked) as client:
         assert client.get("/buckets").status_code == 200
-        subprocess.run([sys.executable, "-m", "gateway", "token", "revoke", revoked_id,
-                        "--data-dir", str(env.server.data_dir)], check=True,
-                       capture_output=True)
+        assert run_cli(env.server.data_dir, "token", "revoke", revoked_id).returncode == 0
         storage_error(client.get("/buckets"), 401, "unauthorized")
 
 

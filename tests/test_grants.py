@@ -4,7 +4,6 @@ through a group, over S3 header auth and presigned URLs alike; revoking closes i
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests._server import GatewayProcess
+from tests._server import GatewayProcess, run_cli
 
 ALICE = ("AKGRANTALICE00000001", "alice-grant-secret-0123456789")
 BOB = ("AKGRANTBOB0000000001", "bob-grant-secret-0123456789")
@@ -30,9 +29,7 @@ ALL_OPS = READ_OPS + WRITE_OPS + FULL_OPS
 
 
 def gw(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
-                            input=stdin, capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = run_cli(data, *args, stdin=stdin)
     assert result.returncode == 0, (args, result.stderr)
     return result
 

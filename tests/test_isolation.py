@@ -9,7 +9,6 @@ import base64
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests._server import GatewayProcess
+from tests._server import GatewayProcess, run_cli
 
 ALICE_KEY = ("AKISOALICE0000000001", "alice-iso-secret-0123456789abcdef")
 BOB_KEY = ("AKISOBOB000000000001", "bob-iso-secret-0123456789abcdef")
@@ -64,9 +63,7 @@ def expected(permission: str | None) -> set[tuple[str, str]]:
 def gw(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI with default logging (GATEWAY_LOG_LEVEL unset)."""
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_LOG_LEVEL"}
-    result = subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
-                            input=stdin, capture_output=True, text=True, timeout=60,
-                            check=False, env=env)
+    result = run_cli(data, *args, stdin=stdin, env=env)
     assert result.returncode == 0, (args, result.stderr)
     return result
 

@@ -16,8 +16,6 @@ import base64
 import json
 import re
 import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from starlette.routing import Match, Route
 from gateway.api import ROUTE_MODULES, collect_routes
 from gateway.api.openapi import ASSETS, document
 from tests._server import GatewayProcess
+from tests._server import cli_json as cli
 
 HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 #: Sample values for path parameters, to turn a documented path into a request path.
@@ -128,14 +127,6 @@ class Api:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30,
                             headers={"Authorization": f"Bearer {self.token}"})
-
-
-def cli(data: Path, *args: str) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-m", "gateway", *args, "--json",
-                             "--data-dir", str(data)],
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout)) if result.stdout.strip().startswith("{") else {}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,16 +20,14 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests._errors import client_error
-from tests._server import GatewayProcess
+from tests._server import GatewayProcess, run_cli
 from tests.conftest import make_client
 
 MiB = 1024 * 1024
 
 
 def gw(server: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args,
-                           "--data-dir", str(server.data_dir)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return run_cli(server.data_dir, *args)
 
 
 def quota(server: GatewayProcess, bucket: str) -> dict[str, Any]:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -40,7 +38,7 @@ from gateway.ratelimit import (
 )
 from gateway.settings import Settings
 from gateway.types import ANONYMOUS, Principal
-from tests._server import GatewayProcess, free_port
+from tests._server import GatewayProcess, cli_json, free_port, run_cli
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ALICE = Principal(user_id=7, name="alice", role="user")
@@ -355,8 +353,7 @@ def make_alice(data: Path) -> None:
     for args in (["user", "add", "alice"],
                  ["key", "create", "--user", "alice", "--access-key", ALICE_KEY,
                   "--secret-key", ALICE_SECRET]):
-        done = subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = run_cli(data, *args)
         assert done.returncode == 0, done.stderr
 
 
@@ -488,11 +485,8 @@ def test_json_api_budgets_and_429(tmp_path: Path) -> None:
     token holders by user; refusals are 429 RATE_LIMITED with Retry-After."""
     data = tmp_path / "data"
     make_alice(data)
-    made = subprocess.run(
-        [sys.executable, "-m", "gateway", "token", "create", "--user", "alice", "--name", "rl",
-         "--permission", "storage:read", "--json", "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=60, check=True)
-    token = json.loads(made.stdout)["token"]
+    token = cli_json(data, "token", "create", "--user", "alice", "--name", "rl",
+                     "--permission", "storage:read")["token"]
     server = GatewayProcess(data, env_extra={"GATEWAY_RATE_LIMITS": "3,5,off"}).start()
     try:
         away_from_window_edge()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,15 +18,10 @@ import httpx
 import pytest
 
 from tests._server import GatewayProcess
+from tests._server import run_cli as gw
 
 ALICE_PASSWORD = "correct horse battery"
 ALICE_KEY = ("AKSESSIONALICE000001", "alice-session-secret-0123456789")
-
-
-def gw(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
-                          input=stdin, capture_output=True, text=True, timeout=60,
-                          check=False)
 
 
 def setup_users(data: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,11 +17,7 @@ from gateway.service.context import Context
 from gateway.service.tokens import TokenService
 from gateway.settings import Settings
 from storage_backends.memory import MemoryBackend
-
-
-def gw(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
-                          capture_output=True, text=True, timeout=60, check=False)
+from tests._server import run_cli as gw
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from gateway.api.errors import (
     ApiError,
     error_response,
 )
+from gateway.headers import declares_body
 from gateway.service.context import new_request_id
 
 if TYPE_CHECKING:
@@ -80,15 +81,6 @@ def _anchored(route: BaseRoute) -> BaseRoute:
     return route
 
 
-def _declares_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return value.strip() not in (b"0", b"")
-        if name == b"transfer-encoding":
-            return True
-    return False
-
-
 class ApiApp:
     def __init__(self, owner: GatewayHolder, routes: list[BaseRoute]) -> None:
         self.owner = owner
@@ -125,7 +117,7 @@ class ApiApp:
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-Id"] = rid
                 headers.update(ratelimit.headers(decision))
-                if not body_done and _declares_body(scope):
+                if not body_done and declares_body(scope["headers"]):
                     # Answered without taking the body (an error, usually): the connection
                     # cannot carry another request.
                     headers["Connection"] = "close"

@@ -22,8 +22,6 @@ Paths below ``/buckets/{bucket}/objects/`` hold a key that may contain ``/``. Th
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -57,7 +55,7 @@ from gateway.headers import (
     read_conditions,
     write_conditions,
 )
-from gateway.service.listing import MAX_KEYS, list_keys
+from gateway.service.listing import MAX_KEYS, decode_continuation, encode_continuation, list_keys
 from gateway.service.multipart import MAX_LIST, MAX_PART_NUMBER, CompletedPart
 from gateway.service.objects import ObjectRead
 from gateway.types import ObjectAttributes, ObjectRecord
@@ -174,17 +172,10 @@ async def delete_bucket(request: Request) -> Response:
     return JSONResponse({"deleted": True, "bucket": name})
 
 
-def _encode_token(last: str) -> str:
-    return base64.urlsafe_b64encode(b"k1:" + last.encode("utf-8")).decode()
-
-
 def _decode_token(token: str) -> str:
     try:
-        raw = base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4))
-        if not raw.startswith(b"k1:"):
-            raise ValueError
-        return raw[3:].decode("utf-8")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return decode_continuation(token)
+    except ValueError:
         raise validation_error("continuation_token is not valid",
                                field="continuation_token") from None
 
@@ -208,7 +199,7 @@ async def list_objects(request: Request) -> Response:
     if delimiter:
         out["common_prefixes"] = listing.common_prefixes
     out["is_truncated"] = listing.is_truncated
-    out["continuation_token"] = (_encode_token(listing.last)
+    out["continuation_token"] = (encode_continuation(listing.last)
                                  if listing.is_truncated and listing.last else None)
     return JSONResponse(out)
 
@@ -242,18 +233,9 @@ async def get_object(request: Request) -> Response:
         conditions=read_conditions(request.headers), head=head)
     headers = _read_headers(read)
     status = 206 if read.byte_range is not None else 200
-    reader = read.reader
-    if reader is None:
+    if read.reader is None:
         return Response(status_code=status, headers=headers)
-
-    async def stream() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in reader:
-                yield chunk
-        finally:
-            await reader.aclose()
-
-    return StreamingResponse(stream(), status_code=status, headers=headers)
+    return StreamingResponse(read.chunks(), status_code=status, headers=headers)
 
 
 def _written(bucket: str, record: ObjectRecord) -> JSONResponse:

@@ -16,6 +16,7 @@ from gateway import errors
 from gateway.auth import RequestView, authenticate_request
 from gateway.auth.sigv2 import query_signed_headers
 from gateway.core import Gateway
+from gateway.headers import declares_body
 from gateway.ratelimit import Decision, RateLimits
 from gateway.ratelimit import headers as rate_headers
 from gateway.s3 import cors
@@ -42,15 +43,6 @@ def redact_query(query: str) -> str:
         name = pair.split("=", 1)[0]
         parts.append(f"{name}=REDACTED" if name in _SECRET_QUERY else pair)
     return "&".join(parts)
-
-
-def _declares_body(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return value.strip() not in (b"0", b"")
-        if name == b"transfer-encoding":
-            return True
-    return False
 
 
 @dataclass(slots=True)
@@ -99,7 +91,7 @@ class S3Endpoint:
             response = await self._handle(scope, tracked_receive, parsed, operation)
         except Exception as exc:
             response = self._render_error(exc, parsed)
-        if not body_done and _declares_body(scope):
+        if not body_done and declares_body(scope["headers"]):
             # Answered without taking the body: a client that sent `Expect: 100-continue`
             # will never send it, and one that did should not have gigabytes drained.
             # Either way the connection cannot carry another request.

@@ -7,6 +7,8 @@ proportion to what it returns, not to how many keys hide behind a prefix.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection
@@ -17,6 +19,22 @@ from gateway.types import BucketRecord, ObjectRecord
 
 MAX_KEYS = 1000
 _BATCH = 1000
+
+
+def encode_continuation(last: str) -> str:
+    """An opaque token for "the page after ``last``" (the same for S3 and the JSON API)."""
+    return base64.urlsafe_b64encode(b"k1:" + last.encode("utf-8")).decode()
+
+
+def decode_continuation(token: str) -> str:
+    """The key a token continues after; ValueError when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4))
+        if not raw.startswith(b"k1:"):
+            raise ValueError
+        return raw[3:].decode("utf-8")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValueError("not a continuation token") from None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ object or the new one; the blobs nobody points to are collected later (``service
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -66,6 +66,16 @@ class ObjectRead:
     reader: BlobReader | None  # None for HEAD, and for an empty part
     #: An empty part was asked for (``?partNumber=N`` of a zero-length last part).
     empty_part: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it streams; the reader is closed however the iteration ends."""
+        if self.reader is None:
+            return
+        try:
+            async for chunk in self.reader:
+                yield chunk
+        finally:
+            await self.reader.aclose()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from urllib.parse import quote_plus
 
@@ -13,7 +11,13 @@ from gateway import errors
 from gateway.s3.handlers.common import owner_xml, xml_response
 from gateway.s3.request import S3Request
 from gateway.s3.xml import el, iso8601
-from gateway.service.listing import MAX_KEYS, Listing, list_keys
+from gateway.service.listing import (
+    MAX_KEYS,
+    Listing,
+    decode_continuation,
+    encode_continuation,
+    list_keys,
+)
 from gateway.types import ObjectRecord
 
 
@@ -90,7 +94,7 @@ async def list_objects_v2(req: S3Request) -> Response:
     if token is not None:
         children.append(el("ContinuationToken", token))
     if listing.is_truncated and listing.last is not None:
-        children.append(el("NextContinuationToken", _encode_token(listing.last)))
+        children.append(el("NextContinuationToken", encode_continuation(listing.last)))
     if start_after is not None:
         children.append(el("StartAfter", e(start_after)))
     if encoding:
@@ -122,17 +126,10 @@ async def list_objects_v1(req: S3Request) -> Response:
     return xml_response("ListBucketResult", children)
 
 
-def _encode_token(last: str) -> str:
-    return base64.urlsafe_b64encode(b"k1:" + last.encode("utf-8")).decode()
-
-
 def _decode_token(token: str) -> str:
     try:
-        raw = base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4))
-        if not raw.startswith(b"k1:"):
-            raise ValueError
-        return raw[3:].decode("utf-8")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return decode_continuation(token)
+    except ValueError:
         raise errors.InvalidArgument("The continuation token provided is incorrect",
                                      name="continuation-token", value=token) from None
 

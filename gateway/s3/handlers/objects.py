@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncIterator
 
 from starlette.responses import Response, StreamingResponse
 
@@ -150,15 +149,7 @@ async def get_object(req: S3Request) -> Response:
         finally:
             await reader.aclose()
         return Response(data, status_code=status, headers=headers)
-
-    async def stream() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in reader:
-                yield chunk
-        finally:
-            await reader.aclose()
-
-    return StreamingResponse(stream(), status_code=status, headers=headers)
+    return StreamingResponse(read.chunks(), status_code=status, headers=headers)
 
 
 async def delete_object(req: S3Request) -> Response:
