@@ -124,6 +124,15 @@ def access_key_row(conn: Connection, access_key: str) -> Row[Any] | None:
         select(access_keys).where(access_keys.c.access_key == access_key))).first()
 
 
+def oldest_enabled_key(conn: Connection, user_id: int) -> tuple[str, str] | None:
+    """(access key, sealed secret) of a user's oldest enabled key."""
+    row = conn.execute(
+        select(access_keys.c.access_key, access_keys.c.secret)
+        .where(access_keys.c.user_id == user_id, access_keys.c.enabled.is_(True))
+        .order_by(access_keys.c.created_at, access_keys.c.access_key).limit(1)).first()
+    return (str(row.access_key), str(row.secret)) if row else None
+
+
 def insert_access_key(conn: Connection, access_key: str, user_id: int,
                             secret: str, now: datetime) -> None:
     conn.execute(insert(access_keys).values(

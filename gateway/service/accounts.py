@@ -10,14 +10,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway.auth.credentials import PREFIX, SecretBox
 from gateway.auth.passwords import hash_password
 from gateway.metadata import repo
-from gateway.metadata.models import access_keys
 from gateway.service.context import Context
 from gateway.types import Owner, Principal
 
@@ -250,10 +248,7 @@ class AccountService:
     async def signing_credentials(self, user_id: int) -> tuple[str, str] | None:
         """One enabled S3 key of the user (the oldest) and its secret, to presign URLs for
         them; None when they have none."""
-        stmt = (select(access_keys.c.access_key, access_keys.c.secret)
-                .where(access_keys.c.user_id == user_id, access_keys.c.enabled.is_(True))
-                .order_by(access_keys.c.created_at, access_keys.c.access_key).limit(1))
-        row = await self.ctx.db.read(lambda conn: conn.execute(stmt).first())
-        if row is None:
+        found = await self.ctx.db.read(lambda conn: repo.oldest_enabled_key(conn, user_id))
+        if found is None:
             return None
-        return str(row.access_key), self.box.open(row.secret)
+        return found[0], self.box.open(found[1])
