@@ -99,7 +99,8 @@ class GatewayApp:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
         await db.start()
-        backend = open_backend(settings.backend, data_dir=settings.data_dir)
+        backend = open_backend(settings.backend, data_dir=settings.data_dir,
+                               s3=settings.s3_options())
         gateway = Gateway.build(settings, db, backend)
         creds = await gateway.accounts.ensure_root()
         if creds is not None and creds.generated:

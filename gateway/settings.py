@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.types import MAX_SQL_INT
+from storage_backends.s3 import S3Options
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,12 @@ class Settings:
     data_dir: Path = Path("./data")
     database_url: str = ""  # empty: SQLite in the data dir
     backend: str = "fs"
+    #: The upstream of an ``s3://bucket/prefix`` backend (MinIO, Ceph RGW, AWS S3, ...);
+    #: empty: AWS S3 in ``s3_region``.
+    s3_endpoint: str = ""
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_region: str = "us-east-1"
     region: str = "us-east-1"
     domain: str = ""  # enables virtual-host-style addressing: <bucket>.<domain>
     workers: int = 1
@@ -49,6 +56,11 @@ class Settings:
     rate_limit_s3: str = "off"
     #: Shares rate-limit counters between gateway processes (``redis://host:6379/0``).
     redis_url: str = field(default="", repr=False)
+
+    def s3_options(self) -> S3Options:
+        """How an ``s3://`` backend reaches its upstream."""
+        return S3Options(endpoint=self.s3_endpoint, access_key=self.s3_access_key,
+                         secret_key=self.s3_secret_key, region=self.s3_region)
 
     @property
     def multipart_expiry_seconds(self) -> int:

@@ -63,6 +63,9 @@ class PartInfo:
     part_number: int
     size: int
     token: str
+    #: The MD5 (hex) of the part's bytes, where the store reports it for a copied part
+    #: (see ``Capabilities.part_copy_md5``).
+    md5: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,13 @@ class PartRef:
 class Capabilities:
     server_side_copy: bool = False
     native_multipart: bool = False
+    #: Each upload of a part number is kept as its own attempt until dropped (see
+    #: :class:`PartInfo`); without it, as in S3, the last upload of a number replaces the
+    #: earlier ones and ``delete_part`` has nothing to drop.
+    part_attempts: bool = True
+    #: ``copy_part`` reports the MD5 of what it copied (``PartInfo.md5``), so a part can be
+    #: copied server-side without reading its bytes through the gateway.
+    part_copy_md5: bool = False
 
 
 class BlobReader(Protocol):

@@ -29,7 +29,6 @@ from storage_backends import (
     InsufficientStorage,
     InvalidBlobKey,
     InvalidPart,
-    NotSupported,
     PartRef,
     StorageError,
     UploadNotFound,
@@ -40,6 +39,7 @@ from storage_backends._streams import locate, rechunk
 from storage_backends.localfs import LocalFSBackend
 from storage_backends.memory import MemoryBackend
 from storage_backends.registry import open_backend
+from storage_backends.s3 import S3Backend, S3Options
 
 from . import Boom, MiB, body, failing_body, fetch, multipart, pattern, split
 from .conftest import residue, staging_files
@@ -648,10 +648,20 @@ async def test_registry_opens_the_local_backend(tmp_path: Path, url: str) -> Non
         await backend.aclose()
 
 
-def test_registry_other_backends(tmp_path: Path) -> None:
+async def test_registry_other_backends(tmp_path: Path) -> None:
     assert isinstance(open_backend("memory", data_dir=tmp_path), MemoryBackend)
-    with pytest.raises(NotSupported):
-        open_backend("s3://bucket/prefix", data_dir=tmp_path)
+    elsewhere = open_backend(f"fs://{tmp_path}/other", data_dir=tmp_path)
+    assert isinstance(elsewhere, LocalFSBackend)
+    assert elsewhere.root == (tmp_path / "other").resolve()
+    await elsewhere.aclose()
+    upstream = open_backend("s3://bucket/some/prefix/", data_dir=tmp_path,
+                            s3=S3Options(endpoint="http://127.0.0.1:9"))
+    assert isinstance(upstream, S3Backend)
+    assert (upstream.bucket, upstream.prefix) == ("bucket", "some/prefix/")
+    await upstream.aclose()
+    for bad in ("fs://relative/path", "s3://", "s3:///no-bucket"):
+        with pytest.raises(ValueError):
+            open_backend(bad, data_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown storage backend"):
         open_backend("ftp://example", data_dir=tmp_path)
     assert not (tmp_path / "objects").exists()
