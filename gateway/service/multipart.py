@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -30,7 +30,7 @@ from gateway.metadata import repo
 from gateway.service.conditions import check_write
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.listing import successor
-from gateway.service.objects import ObjectService, VerifiedBody, validate_key
+from gateway.service.objects import ObjectRead, ObjectService, VerifiedBody, validate_key
 from gateway.service.quota import Reservation
 from gateway.types import (
     ObjectAttributes,
@@ -45,6 +45,7 @@ from gateway.types import (
 )
 from storage_backends import PartRef
 from storage_backends import errors as storage_errors
+from storage_backends._streams import BytesReader
 
 log = logging.getLogger("gateway.multipart")
 
@@ -151,6 +152,27 @@ class MultipartService:
 
     async def upload_part(self, upload: UploadRecord, part_number: int, body: VerifiedBody,
                           *, size_hint: int | None = None) -> PartRecord:
+        async def store() -> PartRecord:
+            try:
+                with backend_errors():
+                    info = await self.ctx.backend.put_part(
+                        upload.blob_key, upload.backend_upload_id, part_number, body,
+                        size=size_hint)
+            except storage_errors.UploadNotFound:
+                raise errors.NoSuchUpload(fields={"UploadId": upload.id}) from None
+            if body.size > MAX_PART_SIZE:
+                await self._drop_attempt(upload, part_number, info.token)
+                raise errors.EntityTooLarge(fields={"MaxSizeAllowed": str(MAX_PART_SIZE)})
+            checksum = body.checksum_value if body.checksum_algorithm == \
+                upload.checksum_algorithm else None
+            return PartRecord(part_number, body.size, body.md5_hex, checksum, info.token,
+                              datetime.now(UTC))
+
+        return await self._store_part(upload, part_number, size_hint, store)
+
+    async def _store_part(self, upload: UploadRecord, part_number: int, size_hint: int | None,
+                          store: Callable[[], Awaitable[PartRecord]]) -> PartRecord:
+        """Quota held while ``store`` puts the part's bytes in the backend, then recorded."""
         validate_part_number(part_number)
         if size_hint is not None and size_hint > MAX_PART_SIZE:
             raise errors.EntityTooLarge(fields={"MaxSizeAllowed": str(MAX_PART_SIZE)})
@@ -165,27 +187,15 @@ class MultipartService:
         reservation = await quotas.reserve(bucket, nbytes=nbytes, key=None,
                                            part=(upload.id, part_number))
         try:
-            return await self._upload_part(upload, part_number, body, size_hint, reservation)
+            record = await store()
+            return await self._record_part(upload, record, reservation)
         except BaseException:
             await quotas.release(reservation)
             raise
 
-    async def _upload_part(self, upload: UploadRecord, part_number: int, body: VerifiedBody,
-                           size_hint: int | None, reservation: Reservation) -> PartRecord:
-        try:
-            with backend_errors():
-                info = await self.ctx.backend.put_part(
-                    upload.blob_key, upload.backend_upload_id, part_number, body,
-                    size=size_hint)
-        except storage_errors.UploadNotFound:
-            raise errors.NoSuchUpload(fields={"UploadId": upload.id}) from None
-        if body.size > MAX_PART_SIZE:
-            await self._drop_attempt(upload, part_number, info.token)
-            raise errors.EntityTooLarge(fields={"MaxSizeAllowed": str(MAX_PART_SIZE)})
-        checksum = body.checksum_value if body.checksum_algorithm == \
-            upload.checksum_algorithm else None
-        record = PartRecord(part_number, body.size, body.md5_hex, checksum, info.token,
-                            datetime.now(UTC))
+    async def _record_part(self, upload: UploadRecord, record: PartRecord,
+                           reservation: Reservation) -> PartRecord:
+        part_number = record.part_number
 
         def unit(conn: Connection) -> str | None:
             current = repo.upload(conn, upload.id)
@@ -208,12 +218,12 @@ class MultipartService:
                         if attempt == 2:
                             raise
         except _UploadGone:
-            await self._drop_attempt(upload, part_number, info.token)
+            await self._drop_attempt(upload, part_number, record.token)
             raise errors.NoSuchUpload(fields={"UploadId": upload.id}) from None
         except BaseException:
-            await self._drop_attempt(upload, part_number, info.token)
+            await self._drop_attempt(upload, part_number, record.token)
             raise
-        if superseded and superseded != info.token:
+        if superseded and superseded != record.token:
             await self._drop_attempt(upload, part_number, superseded)
         return record
 
@@ -223,25 +233,56 @@ class MultipartService:
         src_range: RangeSpec | None, conditions: ReadConditions,
     ) -> PartRecord:
         validate_part_number(part_number)
+        # Server-side where the backend can tell the copied bytes' MD5 (the part's ETag) and
+        # no other checksum of them is needed; otherwise the bytes stream through here.
+        server_side = (self.ctx.backend.capabilities.part_copy_md5
+                       and upload.checksum_algorithm is None)
         read = await self.objects.open(principal, src_bucket, src_key, version_id=src_version,
                                        range_spec=src_range, conditions=conditions,
-                                       copy_source=True)
+                                       copy_source=True, head=server_side)
         reader = read.reader
-        assert reader is not None
-        if src_range is not None and (src_range.last or 0) >= read.record.size:
-            await reader.aclose()
-            # Unlike a GET, a copy range is never clipped to the object.
-            raise errors.InvalidRange(read.record.size)
-        length = read.byte_range.length if read.byte_range is not None else read.record.size
-        if length > MAX_PART_SIZE:
-            await reader.aclose()
-            raise errors.EntityTooLarge(fields={"MaxSizeAllowed": str(MAX_PART_SIZE)})
         try:
+            if src_range is not None and (src_range.last or 0) >= read.record.size:
+                # Unlike a GET, a copy range is never clipped to the object.
+                raise errors.InvalidRange(read.record.size)
+            length = read.byte_range.length if read.byte_range is not None \
+                else read.record.size
+            if length > MAX_PART_SIZE:
+                raise errors.EntityTooLarge(fields={"MaxSizeAllowed": str(MAX_PART_SIZE)})
+            if reader is None and read.record.blob_key is not None and length > 0:
+                return await self._copy_part_server_side(upload, part_number, read, length)
+            if reader is None:  # an empty source: nothing to copy
+                reader = BytesReader(b"")
             body = checksums.DigestingStream(reader, expected_size=length,
                                              checksum_algorithm=upload.checksum_algorithm)
             return await self.upload_part(upload, part_number, body, size_hint=length)
         finally:
-            await reader.aclose()
+            if reader is not None:
+                await reader.aclose()
+
+    async def _copy_part_server_side(self, upload: UploadRecord, part_number: int,
+                                     read: ObjectRead, length: int) -> PartRecord:
+        src_blob = read.record.blob_key
+        assert src_blob is not None
+
+        async def store() -> PartRecord:
+            try:
+                with backend_errors():
+                    info = await self.ctx.backend.copy_part(
+                        upload.blob_key, upload.backend_upload_id, part_number, src_blob,
+                        read.byte_range)
+            except storage_errors.UploadNotFound:
+                raise errors.NoSuchUpload(fields={"UploadId": upload.id}) from None
+            except storage_errors.BlobNotFound:
+                # The source was overwritten or deleted since it was looked up.
+                raise errors.NoSuchKey(fields={"Key": read.record.key}) from None
+            if info.md5 is None or info.size != length:
+                await self._drop_attempt(upload, part_number, info.token)
+                raise errors.ServiceUnavailable("The storage backend did not confirm the copy.")
+            return PartRecord(part_number, length, info.md5, None, info.token,
+                              datetime.now(UTC))
+
+        return await self._store_part(upload, part_number, length, store)
 
     async def _drop_attempt(self, upload: UploadRecord, part_number: int, token: str) -> None:
         try:
@@ -309,8 +350,12 @@ class MultipartService:
                     upload.blob_key, upload.backend_upload_id, refs)
         except storage_errors.UploadNotFound:
             raise errors.NoSuchUpload(fields={"UploadId": upload_id}) from None
-        except storage_errors.InvalidPart as exc:
-            raise errors.InvalidPart(fields={"PartNumber": str(exc.part_number)}) from None
+        except (storage_errors.InvalidPart, errors.ServiceUnavailable) as exc:
+            # The backend consumed nothing: the upload takes parts (and completions) again.
+            await self.ctx.db.write(lambda conn: repo.set_upload_state(conn, upload_id, ACTIVE))
+            if isinstance(exc, storage_errors.InvalidPart):
+                raise errors.InvalidPart(fields={"PartNumber": str(exc.part_number)}) from None
+            raise
 
         def consume(conn: Connection) -> int:
             freed = repo.delete_upload(conn, upload_id)
