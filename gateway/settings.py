@@ -6,10 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.types import MAX_SQL_INT
-from storage_backends.s3 import S3Options
+
+if TYPE_CHECKING:
+    from storage_backends.s3 import S3Options
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class Settings:
 
     def s3_options(self) -> S3Options:
         """How an ``s3://`` backend reaches its upstream."""
+        from storage_backends.s3 import S3Options
+
         return S3Options(endpoint=self.s3_endpoint, access_key=self.s3_access_key,
                          secret_key=self.s3_secret_key, region=self.s3_region)
 

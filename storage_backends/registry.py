@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from storage_backends.localfs import LocalFSBackend
 from storage_backends.memory import MemoryBackend
 from storage_backends.protocol import Backend
-from storage_backends.s3 import S3Backend, S3Options
+
+if TYPE_CHECKING:  # the s3 backend's imports (botocore, httpx) load only when it is used
+    from storage_backends.s3 import S3Options
 
 _LOCAL = frozenset({"", "fs", "file"})
 
@@ -34,6 +37,8 @@ def open_backend(url: str, *, data_dir: Path, s3: S3Options | None = None) -> Ba
     if scheme == "memory":
         return MemoryBackend()
     if scheme.startswith("s3://"):
+        from storage_backends.s3 import S3Backend, S3Options
+
         return S3Backend.from_url(value, s3 or S3Options())
     raise ValueError(
         f"unknown storage backend {url!r}: use 'fs' (the default), 'fs:///path', 'memory' "

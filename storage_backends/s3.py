@@ -68,6 +68,9 @@ MAX_SINGLE = 5 * 1024**3
 LARGE_PART = 512 * 1024**2
 #: Bodies of unknown size are spooled to disk beyond this many bytes, then sent.
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
+#: Pieces of an upstream answer handed on as they arrive (smaller than CHUNK_SIZE: many
+#: GETs stream at once, and each holds one piece while the client takes the last).
+_READ_CHUNK = 256 * 1024
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 #: Upstream answers worth retrying: throttling and transient server trouble.
@@ -178,7 +181,7 @@ class _Reader:
         received = 0
         try:
             with _transport_errors():
-                async for chunk in self._response.aiter_raw(CHUNK_SIZE):
+                async for chunk in self._response.aiter_raw(_READ_CHUNK):
                     received += len(chunk)
                     yield chunk
             if received != self.content_length:
@@ -327,6 +330,9 @@ class S3Backend:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"GATEWAY_S3_ENDPOINT must be an http(s) URL, not {endpoint!r}")
+        if not (options.access_key and options.secret_key):
+            raise ValueError("an s3 backend needs GATEWAY_S3_ACCESS_KEY and "
+                             "GATEWAY_S3_SECRET_KEY for its upstream")
         self.endpoint = endpoint
         self._credentials = Credentials(options.access_key, options.secret_key)
         self._client = httpx.AsyncClient(
