@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import fields
 
-from gateway import admin_cli, quota_cli
+from gateway import admin_cli, maintenance_cli, quota_cli
 from gateway.settings import Settings
 
 _HELP = {
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
                            help=f"{_HELP.get(f.name, '')} (env {env})")
     admin_cli.add_parsers(sub)
     quota_cli.add_parsers(sub)
+    maintenance_cli.add_parsers(sub)
     return parser
 
 
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "quota":
         return quota_cli.run(args)
+    if args.command in ("migrate", "fsck"):
+        return maintenance_cli.run(args)
     return admin_cli.run(args.command, args)
 
 

@@ -129,6 +129,21 @@ class ObjectPart:
     checksum_value: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """An object row that holds a blob, as maintenance (migrate, fsck) walks them."""
+
+    id: int
+    bucket: str
+    key: str
+    version_id: str
+    size: int
+    etag: str  # hex MD5, or md5(part MD5s)-N for a multipart object; without quotes
+    blob_key: str
+    #: The part layout of a completed multipart object (empty: none recorded).
+    parts: tuple[ObjectPart, ...] = ()
+
+
 class RangeKind(Enum):
     BOUNDED = "bounded"  # bytes=a-b
     OPEN = "open"  # bytes=a-

@@ -34,6 +34,7 @@ from gateway.types import (
     ObjectRecord,
     PartRecord,
     Principal,
+    StoredObject,
     UploadRecord,
 )
 
@@ -464,6 +465,64 @@ def upload_count(conn: Connection, bucket_id: int) -> int:
     stmt = select(func.count()).select_from(multipart_uploads).where(
         multipart_uploads.c.bucket_id == bucket_id)
     return int(conn.execute(stmt).scalar_one())
+
+
+def all_uploads_count(conn: Connection) -> int:
+    """Multipart uploads in progress, in every bucket."""
+    return int(conn.execute(select(func.count()).select_from(multipart_uploads)).scalar_one())
+
+
+# -- maintenance: migrate, fsck ------------------------------------------------------------
+
+_STORED_OBJECTS = (
+    select(objects.c.id, buckets.c.name.label("bucket"), objects.c.key, objects.c.version_id,
+           objects.c.size, objects.c.etag, objects.c.blob_key, objects.c.parts_count)
+    .select_from(objects.join(buckets, buckets.c.id == objects.c.bucket_id))
+    .where(objects.c.id > bindparam("after_id"), objects.c.blob_key.is_not(None))
+    .order_by(objects.c.id).limit(bindparam("limit"))
+)
+
+
+def stored_objects_after(conn: Connection, after_id: int, limit: int, *,
+                         with_parts: bool = True) -> list[StoredObject]:
+    """Object rows that hold a blob, in id order after ``after_id`` (keyset pagination),
+    with their part layouts. Two statements: run it with ``Database.scan``."""
+    rows = conn.execute(_STORED_OBJECTS, {"after_id": after_id, "limit": limit}).all()
+    layouts: dict[int, list[ObjectPart]] = {}
+    multipart_ids = [r.id for r in rows if r.parts_count]
+    if with_parts and multipart_ids:
+        for p in conn.execute(select(object_parts)
+                              .where(object_parts.c.object_id.in_(multipart_ids))
+                              .order_by(object_parts.c.object_id, object_parts.c.part_number)):
+            layouts.setdefault(int(p.object_id), []).append(
+                ObjectPart(p.part_number, p.offset, p.size, p.etag, p.checksum_value))
+    return [StoredObject(int(r.id), r.bucket, r.key, r.version_id, int(r.size), r.etag,
+                         r.blob_key, tuple(layouts.get(int(r.id), ())))
+            for r in rows]
+
+
+def stored_objects_count(conn: Connection) -> int:
+    """Object rows that hold a blob."""
+    return int(conn.execute(select(func.count()).select_from(objects)
+                            .where(objects.c.blob_key.is_not(None))).scalar_one())
+
+
+def object_holds_blob(conn: Connection, blob_key: str) -> bool:
+    """An object row (not an upload) points to the blob."""
+    return bool(conn.execute(select(exists().where(objects.c.blob_key == blob_key))).scalar())
+
+
+def referenced_blob_keys(conn: Connection, blob_keys: Sequence[str]) -> set[str]:
+    """Which of ``blob_keys`` an object or a multipart upload points to (as
+    ``blob_is_referenced``, for many at once)."""
+    if not blob_keys:
+        return set()
+    keys = list(blob_keys)
+    found = set(conn.execute(select(objects.c.blob_key)
+                             .where(objects.c.blob_key.in_(keys))).scalars())
+    found.update(conn.execute(select(multipart_uploads.c.blob_key)
+                              .where(multipart_uploads.c.blob_key.in_(keys))).scalars())
+    return {str(k) for k in found}
 
 
 
