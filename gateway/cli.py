@@ -21,6 +21,7 @@ _HELP = {
     "s3_access_key": "access key for the upstream S3 server",
     "s3_secret_key": "secret key for the upstream S3 server",
     "s3_region": "region to sign upstream requests for (us-east-1)",
+    "s3_placement": "'opaque' (default) or 'keys': objects at <prefix><bucket>/<key> upstream",
     "region": "the region the gateway reports",
     "domain": "enables virtual-host-style requests to <bucket>.<domain>",
     "workers": "uvicorn worker processes",

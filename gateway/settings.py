@@ -27,6 +27,9 @@ class Settings:
     s3_access_key: str = field(default="", repr=False)
     s3_secret_key: str = field(default="", repr=False)
     s3_region: str = "us-east-1"
+    #: ``opaque`` (blobs named by the gateway) or ``keys`` (each object at
+    #: ``<prefix><bucket>/<key>``, readable by other tools; needs upstream versioning).
+    s3_placement: str = "opaque"
     region: str = "us-east-1"
     domain: str = ""  # enables virtual-host-style addressing: <bucket>.<domain>
     workers: int = 1
@@ -64,7 +67,8 @@ class Settings:
         from storage_backends.s3 import S3Options
 
         return S3Options(endpoint=self.s3_endpoint, access_key=self.s3_access_key,
-                         secret_key=self.s3_secret_key, region=self.s3_region)
+                         secret_key=self.s3_secret_key, region=self.s3_region,
+                         placement=self.s3_placement)
 
     @property
     def multipart_expiry_seconds(self) -> int:

@@ -128,6 +128,9 @@ class LocalFSBackend:
 
     # -- blobs -----------------------------------------------------------------------------
 
+    def blob_name(self, bucket: str, key: str) -> None:
+        return None
+
     async def put(
         self, key: str, body: AsyncIterable[bytes], *, size: int | None = None
     ) -> BlobInfo:

@@ -63,6 +63,9 @@ class MemoryBackend:
         self._blobs: dict[str, _Blob] = {}
         self._uploads: dict[str, _Upload] = {}
 
+    def blob_name(self, bucket: str, key: str) -> None:
+        return None
+
     async def put(
         self, key: str, body: AsyncIterable[bytes], *, size: int | None = None
     ) -> BlobInfo:

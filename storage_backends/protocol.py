@@ -117,6 +117,11 @@ class Backend(Protocol):
     name: str
     capabilities: Capabilities
 
+    def blob_name(self, bucket: str, key: str) -> str | None:
+        """Where a backend that lays objects out by name (1:1) puts the blob of ``key`` in
+        ``bucket``; None: the service names the blob. Either way, the key a write returns
+        (``BlobInfo.key`` of put, copy, complete_multipart) is the one to read it back by."""
+
     async def put(
         self, key: str, body: AsyncIterable[bytes], *, size: int | None = None
     ) -> BlobInfo: ...

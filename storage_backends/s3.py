@@ -47,6 +47,7 @@ from storage_backends.errors import (
     BackendUnavailable,
     BlobNotFound,
     InsufficientStorage,
+    InvalidBlobKey,
     InvalidPart,
     StorageError,
     UploadNotFound,
@@ -79,6 +80,7 @@ _RETRY_CODES = frozenset({
     "RequestTimeout", "InternalError", "ServiceUnavailable", "XMinioServerNotInitialized",
 })
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FULL_CODES = frozenset({"XMinioStorageFull", "StorageFull", "InsufficientStorage"})
 
 
@@ -98,6 +100,10 @@ class S3Options:
     max_attempts: int = 4
     backoff_base: float = 0.1
     backoff_cap: float = 2.0
+    #: ``opaque``: blobs under ``<prefix>b/…`` with names of the gateway's choosing.
+    #: ``keys``: each object at ``<prefix><bucket>/<key>``, readable by other tools; needs
+    #: versioning enabled on the upstream bucket (see ``S3Backend.blob_name``).
+    placement: str = "opaque"
 
 
 class _UpstreamError(Exception):
@@ -333,6 +339,10 @@ class S3Backend:
         if not (options.access_key and options.secret_key):
             raise ValueError("an s3 backend needs GATEWAY_S3_ACCESS_KEY and "
                              "GATEWAY_S3_SECRET_KEY for its upstream")
+        if options.placement not in ("opaque", "keys"):
+            raise ValueError(f"GATEWAY_S3_PLACEMENT is 'opaque' or 'keys', not "
+                             f"{options.placement!r}")
+        self._versioning_checked = False
         self.endpoint = endpoint
         self._credentials = Credentials(options.access_key, options.secret_key)
         self._client = httpx.AsyncClient(
@@ -360,7 +370,10 @@ class S3Backend:
     def _url(self, key: str | None, query: Sequence[tuple[str, str]] = ()) -> str:
         path = f"/{quote(self.bucket, safe='')}"
         if key is not None:
-            path += "/" + quote(self.prefix + key, safe="/~")
+            name, version = self._split(key)
+            path += "/" + quote(self.prefix + name, safe="/~")
+            if version is not None:
+                query = [*query, ("versionId", version)]
         url = self.endpoint + path
         if query:
             url += "?" + "&".join(
@@ -369,7 +382,69 @@ class S3Backend:
         return url
 
     def _copy_source(self, key: str) -> str:
-        return f"/{quote(self.bucket, safe='')}/{quote(self.prefix + key, safe='/~')}"
+        name, version = self._split(key)
+        source = f"/{quote(self.bucket, safe='')}/{quote(self.prefix + name, safe='/~')}"
+        return source if version is None else f"{source}?versionId={quote(version, safe='')}"
+
+    # -- placement ------------------------------------------------------------------------
+    # In ``keys`` placement a write returns ``v:<length>:<version id>:<name>``: reads, copies
+    # and deletes address exactly that version, so a write that loses (a failed condition,
+    # a crash before the commit) never changes what the gateway serves, and deleting the
+    # old version after an overwrite leaves the upstream's latest version = the committed one.
+
+    def blob_name(self, bucket: str, key: str) -> str | None:
+        """``<bucket>/<key>`` in ``keys`` placement, for keys an S3 server stores as they are;
+        others (empty, ``.`` or ``..`` segments, control characters, too long) stay opaque."""
+        if self.options.placement != "keys":
+            return None
+        name = f"{bucket}/{key}"
+        segments = key.split("/")
+        if (any(s in ("", ".", "..") for s in segments[:-1]) or segments[-1] in (".", "..")
+                or any(ord(c) < 0x20 or c == "\x7f" for c in key)
+                or len((self.prefix + name).encode()) > 1024):
+            return None
+        return name
+
+    @staticmethod
+    def _versioned(name: str, version: str) -> str:
+        return f"v:{len(version)}:{version}:{name}"
+
+    def _split(self, key: str) -> tuple[str, str | None]:
+        """A blob key's name and version; checks the name is one this backend makes."""
+        version = None
+        if key.startswith("v:") and self.options.placement == "keys":
+            length, _, rest = key[2:].partition(":")
+            if not length.isdigit() or len(rest) <= int(length) or rest[int(length)] != ":":
+                raise InvalidBlobKey(key)
+            version, key = rest[:int(length)], rest[int(length) + 1:]
+        if not self._named(key):
+            validate_blob_key(key)
+        return key, version
+
+    def _named(self, name: str) -> bool:
+        bucket, _, key = name.partition("/")
+        return (self.options.placement == "keys" and _BUCKET.fullmatch(bucket) is not None
+                and self.blob_name(bucket, key) == name)
+
+    def _written(self, name: str, response: httpx.Response) -> str:
+        if self.options.placement != "keys":
+            return name
+        version = response.headers.get("x-amz-version-id", "")
+        if not version or version == "null":
+            raise BackendUnavailable("the upstream did not version a write: enable versioning "
+                                     "on the upstream bucket for GATEWAY_S3_PLACEMENT=keys")
+        return self._versioned(name, version)
+
+    async def _check_versioning(self) -> None:
+        if self.options.placement != "keys" or self._versioning_checked:
+            return
+        with self._edge():
+            response = await self._send("GET", None, query=[("versioning", "")])
+        if _text(_parse_xml(response.content), "Status") != "Enabled":
+            log.error("GATEWAY_S3_PLACEMENT=keys needs versioning enabled on the upstream "
+                      "bucket %s", self.bucket)
+            raise BackendUnavailable("versioning is not enabled on the upstream bucket")
+        self._versioning_checked = True
 
     def _sign(self, method: str, url: str, headers: dict[str, str],
               content: bytes | None) -> dict[str, str]:
@@ -471,7 +546,8 @@ class S3Backend:
     async def put(
         self, key: str, body: AsyncIterable[bytes], *, size: int | None = None
     ) -> BlobInfo:
-        validate_blob_key(key)
+        self._split(key)
+        await self._check_versioning()
         if size is None:
             spool, size = await _spool(body)
             body = _from_spool(spool)
@@ -482,8 +558,9 @@ class S3Backend:
             response = await self._send(
                 "PUT", key, headers={"Content-Type": "application/octet-stream"},
                 body=outgoing)
-        await self._check_md5(key, body, response.headers.get("etag"))
-        return BlobInfo(key, size, _last_modified(response.headers.get("last-modified")))
+        written = self._written(key, response)
+        await self._check_md5(written, body, response.headers.get("etag"))
+        return BlobInfo(written, size, _last_modified(response.headers.get("last-modified")))
 
     async def _check_md5(self, key: str, body: object, etag: str | None) -> None:
         """A body that knows its MD5 (the gateway's verified bodies do) is checked against
@@ -519,7 +596,7 @@ class S3Backend:
             raise
 
     async def get(self, key: str, *, byte_range: ByteRange | None = None) -> _Reader:
-        validate_blob_key(key)
+        self._split(key)
         headers = {}
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range.start}-{byte_range.end - 1}"
@@ -558,14 +635,21 @@ class S3Backend:
         return size
 
     async def head(self, key: str) -> BlobInfo:
-        validate_blob_key(key)
+        self._split(key)
         with self._edge(key):
             response = await self._send("HEAD", key)
         return BlobInfo(key, int(response.headers.get("content-length", "0")),
                         _last_modified(response.headers.get("last-modified")))
 
     async def delete(self, key: str) -> None:
-        validate_blob_key(key)
+        name, version = self._split(key)
+        if self.options.placement == "keys" and version is None:
+            if not self._named(name):  # an opaque name: every version of it
+                async for blob in self._versions(name):
+                    if self._split(blob.key)[0] == name:
+                        await self.delete(blob.key)
+            # A name without a version is never deleted: that would hide the live object.
+            return
         try:
             with self._edge(key):
                 await self._send("DELETE", key)
@@ -573,8 +657,9 @@ class S3Backend:
             pass
 
     async def copy(self, src: str, dst: str) -> BlobInfo:
-        validate_blob_key(src)
-        validate_blob_key(dst)
+        self._split(src)
+        self._split(dst)
+        await self._check_versioning()
         source = await self.head(src)
         if source.size > MAX_SINGLE:
             return await self._copy_multipart(src, dst, source.size)
@@ -583,7 +668,8 @@ class S3Backend:
                 "PUT", dst, headers={"x-amz-copy-source": self._copy_source(src)},
                 error_in_body=True)
         root = _parse_xml(response.content)
-        return BlobInfo(dst, source.size, _iso(_text(root, "LastModified")))
+        return BlobInfo(self._written(dst, response), source.size,
+                        _iso(_text(root, "LastModified")))
 
     async def _copy_multipart(self, src: str, dst: str, size: int) -> BlobInfo:
         upload_id = await self.create_multipart(dst)
@@ -601,6 +687,10 @@ class S3Backend:
             raise
 
     async def list(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
+        if self.options.placement == "keys":
+            async for blob in self._versions(prefix):
+                yield blob
+            return
         token = ""
         while True:
             query = [("list-type", "2"), ("prefix", self.prefix + prefix)]
@@ -619,10 +709,34 @@ class S3Backend:
             if _text(root, "IsTruncated") != "true" or not token:
                 return
 
+    async def _versions(self, prefix: str) -> AsyncIterator[BlobInfo]:
+        """Every version (and delete marker) under ``prefix``, each as a versioned key."""
+        markers: list[tuple[str, str]] = []
+        while True:
+            query = [("prefix", self.prefix + prefix), ("versions", "")]
+            for name, value in markers:
+                query.append((name, value))
+            with self._edge():
+                response = await self._send("GET", None, query=sorted(query))
+            root = _parse_xml(response.content)
+            for item in root:
+                if item.tag.rsplit("}", 1)[-1] not in ("Version", "DeleteMarker"):
+                    continue
+                key = _text(item, "Key")
+                if not key.startswith(self.prefix):
+                    continue
+                yield BlobInfo(self._versioned(key[len(self.prefix):], _text(item, "VersionId")),
+                               int(_text(item, "Size") or 0), _iso(_text(item, "LastModified")))
+            if _text(root, "IsTruncated") != "true":
+                return
+            markers = [("key-marker", _text(root, "NextKeyMarker")),
+                       ("version-id-marker", _text(root, "NextVersionIdMarker"))]
+
     # -- multipart --------------------------------------------------------------------------
 
     async def create_multipart(self, key: str) -> str:
-        validate_blob_key(key)
+        self._split(key)
+        await self._check_versioning()
         with self._edge(key):
             response = await self._send(
                 "POST", key, query=[("uploads", "")],
@@ -647,7 +761,7 @@ class S3Backend:
         *,
         size: int | None = None,
     ) -> PartInfo:
-        validate_blob_key(key)
+        self._split(key)
         self._check_upload_id(upload_id)
         check_part_number(part_number)
         if size is None:
@@ -670,8 +784,8 @@ class S3Backend:
         src: str,
         byte_range: ByteRange | None = None,
     ) -> PartInfo:
-        validate_blob_key(key)
-        validate_blob_key(src)
+        self._split(key)
+        self._split(src)
         self._check_upload_id(upload_id)
         check_part_number(part_number)
         headers = {"x-amz-copy-source": self._copy_source(src)}
@@ -706,7 +820,7 @@ class S3Backend:
     async def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[PartRef]
     ) -> BlobInfo:
-        validate_blob_key(key)
+        self._split(key)
         self._check_upload_id(upload_id)
         check_part_list(parts)
         for before, after in pairwise(parts):
@@ -737,9 +851,10 @@ class S3Backend:
             for n, etag in chosen)
         content = f"<CompleteMultipartUpload>{document}</CompleteMultipartUpload>".encode()
         with self._edge(key, upload_id=upload_id, part_number=parts[0].part_number):
-            await self._send("POST", key, query=[("uploadId", upload_id)], content=content,
-                             headers={"Content-Type": "application/xml"}, error_in_body=True)
-        return BlobInfo(key, total)
+            response = await self._send(
+                "POST", key, query=[("uploadId", upload_id)], content=content,
+                headers={"Content-Type": "application/xml"}, error_in_body=True)
+        return BlobInfo(self._written(key, response), total)
 
     async def _completed_already(self, key: str, parts: Sequence[PartRef]) -> BlobInfo | None:
         """A completion whose answer was lost is not completed twice: if the blob is there
@@ -754,7 +869,8 @@ class S3Backend:
             return None
         if _etag(response.headers.get("etag")) != expected:
             return None
-        return BlobInfo(key, int(response.headers.get("content-length", "0")),
+        return BlobInfo(self._written(key, response),
+                        int(response.headers.get("content-length", "0")),
                         _last_modified(response.headers.get("last-modified")))
 
     async def delete_part(self, key: str, upload_id: str, part_number: int, token: str) -> None:
@@ -762,7 +878,7 @@ class S3Backend:
         abort drops it."""
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
-        validate_blob_key(key)
+        self._split(key)
         if not isinstance(upload_id, str) or not upload_id.strip():
             return
         try:

@@ -26,7 +26,14 @@ class Context:
     db: Database
     backend: Backend
 
-    def new_blob_key(self, bucket_id: int) -> str:
+    def new_blob_key(self, bucket_id: int, bucket: str | None = None,
+                     key: str | None = None) -> str:
+        """Where a new blob goes: the backend's own name for it (1:1 placement), or a fresh
+        opaque one, so that a new version never overwrites the blob of the current one."""
+        if bucket is not None and key is not None:
+            named = self.backend.blob_name(bucket, key)
+            if named is not None:
+                return named
         token = uuid.uuid4().hex
         return f"b/{bucket_id}/{token[:2]}/{token}"
 

@@ -171,7 +171,7 @@ class Fsck:
                  else self.options.grace_seconds)
         cutoff = datetime.now(UTC) - timedelta(seconds=grace)
         batch: list[BlobInfo] = []
-        async for info in self.backend.list("b/"):
+        async for info in self.backend.list(""):
             self.report.blobs_listed += 1
             batch.append(info)
             if len(batch) >= BATCH:

@@ -22,7 +22,7 @@ async def collect_garbage(ctx: Context, *, grace_seconds: int | None = None) -> 
                       else grace_seconds)
     cutoff = datetime.now(UTC) - grace
     removed = 0
-    async for blob in ctx.backend.list("b/"):
+    async for blob in ctx.backend.list(""):
         if blob.last_modified is not None and blob.last_modified > cutoff:
             continue
         if await ctx.db.read(partial(repo.blob_is_referenced, blob_key=blob.key)):

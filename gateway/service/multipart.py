@@ -122,7 +122,7 @@ class MultipartService:
         validate_key(key)
         bucket = await self.objects.bucket(principal, bucket_name, write=True, acl=attrs.acl)
         kind = checksum_type_for(checksum_algorithm, checksum_type)
-        blob_key = self.ctx.new_blob_key(bucket.id)
+        blob_key = self.ctx.new_blob_key(bucket.id, bucket.name, key)
         with backend_errors():
             backend_upload_id = await self.ctx.backend.create_multipart(blob_key)
         record = UploadRecord(
@@ -346,7 +346,7 @@ class MultipartService:
         refs = [PartRef(p.part_number, p.size, p.token) for p in chosen]
         try:
             with backend_errors():
-                await self.ctx.backend.complete_multipart(
+                completed = await self.ctx.backend.complete_multipart(
                     upload.blob_key, upload.backend_upload_id, refs)
         except storage_errors.UploadNotFound:
             raise errors.NoSuchUpload(fields={"UploadId": upload_id}) from None
@@ -368,14 +368,14 @@ class MultipartService:
                                  storage_class=upload.storage_class, acl=upload.acl)
         try:
             return await self.objects.commit_new_blob(
-                bucket, key, upload.blob_key, conditions, size=sum(p.size for p in chosen),
+                bucket, key, completed.key, conditions, size=sum(p.size for p in chosen),
                 etag=etag, attrs=attrs,
                 checksum=(upload.checksum_algorithm, object_checksum),
                 owner_id=upload.owner_id, parts=layout, before=consume,
                 # Anything but a lost race keeps the completed blob for a retry.
                 keep_blob_on=(errors.GatewayError, OSError, IntegrityError))
         except _UploadGone:
-            await self.ctx.discard_blob(upload.blob_key)
+            await self.ctx.discard_blob(completed.key)
             raise errors.NoSuchUpload(fields={"UploadId": upload_id}) from None
 
     @staticmethod

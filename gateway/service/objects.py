@@ -148,9 +148,10 @@ class ObjectService:
             check_write(conditions, current)
         reservation = await self.quotas.reserve(bucket, nbytes=hold, key=key)
         try:
-            blob_key = self.ctx.new_blob_key(bucket.id)
             with backend_errors():
-                await self.ctx.backend.put(blob_key, body, size=size_hint)
+                blob_key = (await self.ctx.backend.put(
+                    self.ctx.new_blob_key(bucket.id, bucket.name, key), body,
+                    size=size_hint)).key
             if body.size != size_hint:
                 try:
                     self.quotas.check_object_size(bucket, body.size)
@@ -277,10 +278,10 @@ class ObjectService:
             check_copy_source(source_conditions, src.etag, src.last_modified)
             self.quotas.check_object_size(dst_b, src.size)
             reservation = await self.quotas.reserve(dst_b, nbytes=src.size, key=dst_key)
-            blob_key = self.ctx.new_blob_key(dst_b.id)
             try:
                 with backend_errors():
-                    await self.ctx.backend.copy(src.blob_key, blob_key)
+                    blob_key = (await self.ctx.backend.copy(
+                        src.blob_key, self.ctx.new_blob_key(dst_b.id, dst_b.name, dst_key))).key
             except BlobNotFound:
                 await self.quotas.release(reservation)
                 continue  # the source was overwritten meanwhile: read it again
