@@ -140,7 +140,8 @@ class Backend(Protocol):
 
     # -- multipart, stateless: the upload id is all the state a caller keeps ---------------
     # Every put_part/copy_part stores a new attempt of its part and returns the attempt's
-    # token; complete_multipart joins the attempts its PartRefs name, in the order given,
+    # token; complete_multipart joins the attempts its PartRefs name (listed by ascending
+    # part number, as S3 requires; the local stores also join another order as given),
     # without copying bytes where the store can avoid it, and drops everything else of the
     # upload. Once an upload is completed or aborted, put_part and copy_part raise
     # UploadNotFound and keep nothing, even when they race the completion.

@@ -511,7 +511,8 @@ class S3Backend:
             if error is None:
                 return response
             await response.aclose()
-            if error.retryable and not last:
+            # A streamed body is replayable only if none of it went out before the answer.
+            if error.retryable and not last and (body is None or not body.started):
                 log.info("upstream %s %s: %s; retrying", method, key, error.code)
                 await self._backoff(attempt)
                 continue
@@ -560,7 +561,8 @@ class S3Backend:
                 body=outgoing)
         written = self._written(key, response)
         await self._check_md5(written, body, response.headers.get("etag"))
-        return BlobInfo(written, size, _last_modified(response.headers.get("last-modified")))
+        return BlobInfo(written, size, _last_modified(response.headers.get("last-modified")
+                                                      or response.headers.get("date")))
 
     async def _check_md5(self, key: str, body: object, etag: str | None) -> None:
         """A body that knows its MD5 (the gateway's verified bodies do) is checked against
@@ -768,8 +770,15 @@ class S3Backend:
             spool, size = await _spool(body)
             body = _from_spool(spool)
         query = [("partNumber", str(part_number)), ("uploadId", upload_id)]
-        with self._edge(key, upload_id=upload_id, part_number=part_number):
-            response = await self._send("PUT", key, query=query, body=_Outgoing(body, size))
+        try:
+            with self._edge(key, upload_id=upload_id, part_number=part_number):
+                response = await self._send("PUT", key, query=query,
+                                            body=_Outgoing(body, size))
+        except BackendUnavailable:
+            # A server may refuse a part (NoSuchUpload) before reading its body and close
+            # the connection: the answer is lost, so ask whether the upload is still there.
+            await self._raise_if_upload_gone(key, upload_id)
+            raise
         etag = _etag(response.headers.get("etag"))
         md5 = getattr(body, "md5_hex", None)
         if isinstance(md5, str) and _MD5_ETAG.fullmatch(etag) and md5 != etag:
@@ -800,6 +809,20 @@ class S3Backend:
                                         error_in_body=True)
         etag = _etag(_text(_parse_xml(response.content), "ETag"))
         return PartInfo(part_number, size, etag, md5=etag if _MD5_ETAG.fullmatch(etag) else None)
+
+    async def _raise_if_upload_gone(self, key: str, upload_id: str) -> None:
+        """UploadNotFound if the upload has ended (or ends within a moment: a completion in
+        flight); otherwise nothing."""
+        for delay in (0.0, 0.05, 0.2):
+            await anyio.sleep(delay)
+            try:
+                with self._edge(key, upload_id=upload_id):
+                    await self._send("GET", key, query=[("max-parts", "1"),
+                                                        ("uploadId", upload_id)])
+            except UploadNotFound:
+                raise
+            except StorageError:
+                return
 
     async def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
         listed: dict[int, tuple[str, int]] = {}
@@ -850,10 +873,19 @@ class S3Backend:
             f"<Part><PartNumber>{n}</PartNumber><ETag>\"{etag}\"</ETag></Part>"
             for n, etag in chosen)
         content = f"<CompleteMultipartUpload>{document}</CompleteMultipartUpload>".encode()
-        with self._edge(key, upload_id=upload_id, part_number=parts[0].part_number):
-            response = await self._send(
-                "POST", key, query=[("uploadId", upload_id)], content=content,
-                headers={"Content-Type": "application/xml"}, error_in_body=True)
+        try:
+            with self._edge(key, upload_id=upload_id, part_number=parts[0].part_number):
+                response = await self._send(
+                    "POST", key, query=[("uploadId", upload_id)], content=content,
+                    headers={"Content-Type": "application/xml"}, error_in_body=True)
+        except InvalidPart:
+            # A part replaced between the listing and the completion: name that one.
+            now = await self._list_parts(key, upload_id)
+            for number, etag in chosen:
+                if now.get(number, ("", 0))[0] != etag:
+                    raise InvalidPart(number, "another upload of this part replaced it"
+                                      ) from None
+            raise
         return BlobInfo(self._written(key, response), total)
 
     async def _completed_already(self, key: str, parts: Sequence[PartRef]) -> BlobInfo | None:

@@ -12,14 +12,97 @@ import boto3
 import pytest
 
 from tests._server import GatewayProcess
+from tests._upstreams import UPSTREAM_KINDS, Upstream, backend_env, make_upstream, unique_bucket
+
+#: Where a gateway under test keeps its blobs: ``fs`` (its data dir), or an upstream S3
+#: server of one of ``UPSTREAM_KINDS`` (moto, or a second gateway on ``fs``).
+BACKEND_KINDS = ("fs", *UPSTREAM_KINDS)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--upstreams", default=",".join(BACKEND_KINDS),
+        help="comma-separated backends that modules marked 'upstreams' (and the backend "
+             f"contract suite's s3 harnesses) run against; default: {','.join(BACKEND_KINDS)}")
+
+
+def selected_kinds(config: pytest.Config) -> list[str]:
+    chosen = [k.strip() for k in str(config.getoption("--upstreams")).split(",") if k.strip()]
+    unknown = set(chosen) - set(BACKEND_KINDS)
+    if unknown:
+        raise pytest.UsageError(f"--upstreams: unknown {sorted(unknown)}; use {BACKEND_KINDS}")
+    return [k for k in BACKEND_KINDS if k in chosen]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked ``upstreams`` run once per backend kind of the gateway under test
+    (``pytest.mark.upstreams("fs", "s3-moto")`` narrows that); the others only on ``fs``
+    and never start an upstream."""
+    marker = metafunc.definition.get_closest_marker("upstreams")
+    if marker is None or "upstream" not in metafunc.fixturenames:
+        return
+    kinds = [k for k in selected_kinds(metafunc.config) if not marker.args or k in marker.args]
+    metafunc.parametrize("upstream", kinds, indirect=True, scope="module")
+
+
+class UpstreamPool:
+    """Upstream S3 servers and gateways, started the first time a test asks for them and
+    stopped at the end of the session."""
+
+    def __init__(self, tmp: pytest.TempPathFactory) -> None:
+        self._tmp = tmp
+        self._upstreams: dict[str, Upstream] = {}
+        self._gateways: dict[str, GatewayProcess] = {}
+
+    def upstream(self, kind: str) -> Upstream:
+        if kind not in self._upstreams:
+            self._upstreams[kind] = make_upstream(kind, self._tmp.mktemp(kind)).start()
+        return self._upstreams[kind]
+
+    def gateway(self, kind: str) -> GatewayProcess:
+        """The gateway under test whose blobs live on ``kind``."""
+        if kind not in self._gateways:
+            env: dict[str, str] = {}
+            if kind != "fs":
+                upstream = self.upstream(kind)
+                env = backend_env(upstream, upstream.create_bucket(unique_bucket("gw")), "gw")
+            data = self._tmp.mktemp("gateway" if kind == "fs" else f"gateway-{kind}") / "data"
+            self._gateways[kind] = GatewayProcess(data, env_extra=env).start()
+        return self._gateways[kind]
+
+    def close(self) -> None:
+        for server in self._gateways.values():
+            server.stop()
+        for upstream in self._upstreams.values():
+            upstream.stop()
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """One real gateway process (SQLite + local filesystem) for the session."""
-    server = GatewayProcess(tmp_path_factory.mktemp("gateway") / "data").start()
-    yield server
-    server.stop()
+def upstream_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamPool]:
+    pool = UpstreamPool(tmp_path_factory)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def upstream(request: pytest.FixtureRequest) -> str:
+    """The backend kind of the gateway under test: ``fs`` unless the module is marked
+    ``upstreams`` (see ``pytest_generate_tests``)."""
+    return str(getattr(request, "param", "fs"))
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: str, upstream_pool: UpstreamPool) -> GatewayProcess:
+    """One real gateway process (SQLite + its blobs on ``upstream``) per backend kind for
+    the session: the local filesystem, or an upstream S3 server."""
+    return upstream_pool.gateway(upstream)
+
+
+@pytest.fixture
+def fs_only(upstream: str) -> None:
+    """For tests that look at the gateway's data directory for its blobs."""
+    if upstream != "fs":
+        pytest.skip(f"inspects blob files under the data dir; on {upstream} they live upstream")
 
 
 def make_client(server: GatewayProcess, **kwargs: Any) -> Any:

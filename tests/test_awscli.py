@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+#: fs, and the s3:// backend on moto and on a second gateway (tests/conftest.py).
+pytestmark = pytest.mark.upstreams
+
 
 @pytest.fixture
 def cli_bucket(aws: Any) -> Any:

@@ -13,6 +13,9 @@ from minio.error import S3Error
 
 from tests._server import GatewayProcess
 
+#: fs, and the s3:// backend on moto and on a second gateway (tests/conftest.py).
+pytestmark = pytest.mark.upstreams
+
 
 @pytest.fixture
 def mc(gateway: GatewayProcess) -> Minio:

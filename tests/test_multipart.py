@@ -32,6 +32,9 @@ from hypothesis import strategies as st
 from tests._errors import client_error
 from tests._server import GatewayProcess
 
+#: fs, and the s3:// backend on moto and on a second gateway (tests/conftest.py).
+pytestmark = pytest.mark.upstreams
+
 KiB = 1024
 MiB = 1024 * KiB
 MIN_PART = 5 * MiB

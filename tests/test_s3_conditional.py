@@ -16,6 +16,9 @@ from botocore.exceptions import ClientError
 from tests._errors import client_error
 from tests.conftest import make_client
 
+#: fs, and the s3:// backend on moto and on a second gateway (tests/conftest.py).
+pytestmark = pytest.mark.upstreams
+
 OTHER_ETAG = '"0123456789abcdef0123456789abcdef"'
 
 

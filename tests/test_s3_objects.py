@@ -17,6 +17,9 @@ from botocore.exceptions import ClientError
 
 from tests._errors import client_error
 
+#: fs, and the s3:// backend on moto and on a second gateway (tests/conftest.py).
+pytestmark = pytest.mark.upstreams
+
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Iterable
+from typing import Protocol
 
 import anyio.lowlevel
 
@@ -57,8 +58,25 @@ async def fetch(backend: Backend, key: str, byte_range: ByteRange | None = None)
     return await read(await backend.get(key, byte_range=byte_range))
 
 
-async def multipart(backend: Backend, key: str, parts: list[bytes]) -> bytes:
-    """Upload ``parts`` (numbered from 1, sent last to first) and complete; the expected bytes."""
+class Padding(Protocol):
+    """What pads a part that is not the last (``conftest.Harness``)."""
+
+    backend: Backend
+
+    def pad(self, data: bytes) -> bytes: ...
+
+
+async def multipart(target: Backend | Padding, key: str, parts: list[bytes]) -> bytes:
+    """Upload ``parts`` (numbered from 1, sent last to first) and complete; the expected bytes.
+
+    Given a harness, every part but the last is first padded to the backend's minimum part
+    size (``Harness.pad``); given a backend, the parts are sent as they are.
+    """
+    if isinstance(target, Backend):
+        backend = target
+    else:
+        backend = target.backend
+        parts = [target.pad(part) for part in parts[:-1]] + parts[-1:]
     upload_id = await backend.create_multipart(key)
     for number in reversed(range(1, len(parts) + 1)):
         await backend.put_part(key, upload_id, number, body(parts[number - 1]))

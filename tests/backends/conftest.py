@@ -1,16 +1,19 @@
 """One fixture, ``backend``, parametrised over every backend the contract suite runs against.
 
-To add a backend, add a factory to ``FACTORIES``: an async context manager that yields a
-:class:`Harness`.
+To add a backend, add a factory to ``FACTORIES``: an async context manager that takes the
+test's ``request`` and ``tmp_path`` and yields a :class:`Harness`.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +21,10 @@ from storage_backends import Backend
 from storage_backends._localfs_files import MANIFEST, SEGMENTS, Manifest
 from storage_backends.localfs import LocalFSBackend
 from storage_backends.memory import MemoryBackend
+from storage_backends.s3 import S3Backend, S3Options
+from tests._upstreams import UPSTREAM_KINDS
+
+from . import pattern
 
 
 @dataclass
@@ -28,17 +35,31 @@ class Harness:
     #: What no blob accounts for once no upload is in progress: leftovers, anything of an
     #: upload, part attempts in no blob's segments.
     residue: Callable[[], list[str]]
+    name: str = ""
+    #: The smallest part the backend accepts at completion for a part that is not the last
+    #: (an S3 upstream's rule; 0: any size, even empty).
+    min_part_size: int = 0
+    #: How much longer than in-process calls the backend's calls take, roughly: races stretch
+    #: their head starts in seconds by it, so that either side can still win.
+    delay_scale: float = 1
+
+    def pad(self, data: bytes) -> bytes:
+        """``data`` made long enough to be a part that is not the last: followed by
+        pseudo-random bytes (seeded by ``data``, so different parts stay different) up to
+        ``min_part_size``. Unchanged where the backend accepts parts of any size."""
+        missing = self.min_part_size - len(data)
+        return data + pattern(missing, seed=zlib.crc32(data)) if missing > 0 else data
 
 
 @asynccontextmanager
-async def _memory(tmp_path: Path) -> AsyncIterator[Harness]:
+async def _memory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     backend = MemoryBackend()
 
     def residue() -> list[str]:
         return [f"uploads/{upload_id}" for upload_id in backend._uploads]
 
     try:
-        yield Harness(backend, list, residue)
+        yield Harness(backend, list, residue, "memory")
     finally:
         await backend.aclose()
 
@@ -76,24 +97,94 @@ def residue(root: Path) -> list[str]:
 
 
 @asynccontextmanager
-async def _localfs(tmp_path: Path) -> AsyncIterator[Harness]:
+async def _localfs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     root = tmp_path / "objects"
     backend = LocalFSBackend(root)
     try:
-        yield Harness(backend, lambda: staging_files(root), lambda: residue(root))
+        yield Harness(backend, lambda: staging_files(root), lambda: residue(root), "localfs")
     finally:
         await backend.aclose()
 
 
-FACTORIES: dict[str, Callable[[Path], AbstractAsyncContextManager[Harness]]] = {
+#: Where an s3 harness keeps its blobs in its bucket; objects around it must stay untouched.
+S3_PREFIX = "contract/blobs"
+#: Objects every s3 harness puts next to its prefix first: a backend that lists, deletes or
+#: writes outside its prefix trips over them.
+S3_DECOYS = ("contract/blobs-decoy/b/1/aa/x3", "contract/blob", "b/1/aa/x1", "c")
+
+
+@asynccontextmanager
+async def _s3(kind: str, request: pytest.FixtureRequest, tmp_path: Path
+              ) -> AsyncIterator[Harness]:
+    """An ``S3Backend`` on ``s3://<a fresh bucket>/contract/blobs`` of the session's upstream
+    of ``kind`` (started on first use)."""
+    upstream = request.getfixturevalue("upstream_pool").upstream(kind)
+    bucket = upstream.create_bucket()
+    client = upstream.client()
+    for decoy in S3_DECOYS:
+        client.put_object(Bucket=bucket, Key=decoy, Body=b"decoy")
+    backend = S3Backend.from_url(f"s3://{bucket}/{S3_PREFIX}", S3Options(
+        endpoint=upstream.endpoint, access_key=upstream.access_key,
+        secret_key=upstream.secret_key, region=upstream.region))
+
+    def leftovers() -> list[str]:
+        """Multipart uploads in progress anywhere in the bucket: what a failed or finished
+        write may leave behind on an S3 upstream (parts that cost storage until aborted)."""
+        return [f"uploads/{u}" for u in upstream.in_progress_uploads(bucket)]
+
+    def residue() -> list[str]:
+        """Leftovers, and any change outside the prefix: the decoys gone or new objects."""
+        outside = [k for k in upstream.object_keys(bucket)
+                   if not k.startswith(S3_PREFIX + "/")]
+        found = leftovers()
+        found += [f"outside/{k}" for k in outside if k not in S3_DECOYS]
+        found += [f"decoy-gone/{k}" for k in S3_DECOYS if k not in outside]
+        return found
+
+    try:
+        # Parts of megabytes through a second gateway take tens of milliseconds.
+        scale = 50 if upstream.min_part_size else 1
+        yield Harness(backend, leftovers, residue, kind, upstream.min_part_size, scale)
+    finally:
+        await backend.aclose()
+        _empty_bucket(client, bucket)
+
+
+def _empty_bucket(client: Any, bucket: str) -> None:
+    """Abort the uploads, delete the objects and the bucket: the upstreams live for the
+    whole session (moto holds everything in memory)."""
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+        for upload in page.get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                          UploadId=upload["UploadId"])
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    client.delete_bucket(Bucket=bucket)
+
+
+Factory = Callable[[pytest.FixtureRequest, Path], AbstractAsyncContextManager[Harness]]
+
+FACTORIES: dict[str, Factory] = {
     "memory": _memory,
     "localfs": _localfs,
+    **{kind: partial(_s3, kind) for kind in UPSTREAM_KINDS},
 }
 
 
-@pytest.fixture(params=sorted(FACTORIES))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``harness`` runs on every factory; the s3 ones only where ``--upstreams`` names them
+    (all by default)."""
+    if "harness" in metafunc.fixturenames:
+        chosen = str(metafunc.config.getoption("--upstreams")).split(",")
+        names = [n for n in sorted(FACTORIES) if n not in UPSTREAM_KINDS or n in chosen]
+        metafunc.parametrize("harness", names, indirect=True)
+
+
+@pytest.fixture
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with FACTORIES[request.param](tmp_path) as harness:
+    async with FACTORIES[request.param](request, tmp_path) as harness:
         yield harness
 
 

@@ -215,11 +215,12 @@ async def test_copy(backend: Backend) -> None:
         await backend.head("b/13/never")
 
 
-async def test_list_with_prefix(backend: Backend) -> None:
+async def test_list_with_prefix(harness: Harness) -> None:
+    backend = harness.backend
     keys = ["b/1/aa/x1", "b/1/aa/x2", "b/1/ab/y", "b/10/aa/z", "b/2/aa/w", "c"]
     for i, key in enumerate(keys):
         await backend.put(key, body(b"." * i))
-    await multipart(backend, "b/1/ac/m", [b"12", b"345"])
+    joined = await multipart(harness, "b/1/ac/m", [b"12", b"345"])
 
     async def listed(prefix: str) -> dict[str, int]:
         infos: list[BlobInfo] = [info async for info in backend.list(prefix)]
@@ -227,7 +228,7 @@ async def test_list_with_prefix(backend: Backend) -> None:
         return {info.key: info.size for info in infos}
 
     everything = await listed("")
-    assert everything == {**{key: i for i, key in enumerate(keys)}, "b/1/ac/m": 5}
+    assert everything == {**{key: i for i, key in enumerate(keys)}, "b/1/ac/m": len(joined)}
     assert set(await listed("b/1/")) == {"b/1/aa/x1", "b/1/aa/x2", "b/1/ab/y", "b/1/ac/m"}
     assert set(await listed("b/1")) == set(everything) - {"c", "b/2/aa/w"}
     assert set(await listed("b/1/aa/x")) == {"b/1/aa/x1", "b/1/aa/x2"}
@@ -235,15 +236,19 @@ async def test_list_with_prefix(backend: Backend) -> None:
     assert await listed("nothing") == {}
 
 
-async def test_capabilities(backend: Backend) -> None:
+async def test_capabilities(harness: Harness) -> None:
+    backend = harness.backend
     assert isinstance(backend, Backend)
     assert backend.capabilities.server_side_copy
     assert backend.capabilities.native_multipart
+    # An S3 upstream keeps only the last upload of each part number.
+    assert backend.capabilities.part_attempts is not harness.name.startswith("s3")
 
 
-async def test_reader_closed_midway_and_twice(backend: Backend) -> None:
+async def test_reader_closed_midway_and_twice(harness: Harness) -> None:
+    backend = harness.backend
     await backend.put(KEY, body(pattern(3 * MiB)))
-    await multipart(backend, "b/1/m", [pattern(MiB), pattern(MiB), pattern(MiB)])
+    await multipart(harness, "b/1/m", [pattern(MiB), pattern(MiB), pattern(MiB)])
     for key in (KEY, "b/1/m"):
         reader = await backend.get(key)
         chunks = aiter(reader)
@@ -276,21 +281,24 @@ async def test_concurrent_puts_of_one_key_leave_one_complete_version(backend: Ba
     assert all(data in versions for data in seen)
 
 
-async def test_readers_never_miss_a_blob_switching_between_kinds(backend: Backend) -> None:
+async def test_readers_never_miss_a_blob_switching_between_kinds(harness: Harness) -> None:
     """Whole and multipart versions replace each other while readers keep reading."""
+    backend = harness.backend
     rounds = 16
-    versions = [f"whole {i}".encode() if i % 2 == 0 else f"seg {i}|".encode() * 3
-                for i in range(rounds)]
+    pieces = [[f"whole {i}".encode()] if i % 2 == 0
+              else [harness.pad(f"seg {i}|".encode()), f"seg {i}|".encode() * 2]
+              for i in range(rounds)]
+    versions = [b"".join(parts) for parts in pieces]
     await backend.put(KEY, body(versions[0]))
     writing = True
 
     async def writer() -> None:
         nonlocal writing
-        for data in versions[1:]:
-            if data.startswith(b"whole"):
-                await backend.put(KEY, body(data))
+        for parts in pieces[1:]:
+            if len(parts) == 1:
+                await backend.put(KEY, body(parts[0]))
             else:
-                await multipart(backend, KEY, [data[:5], data[5:]])
+                await multipart(backend, KEY, parts)
         writing = False
 
     async def reader() -> None:
@@ -310,11 +318,12 @@ async def test_readers_never_miss_a_blob_switching_between_kinds(backend: Backen
 async def test_multipart_out_of_order_and_reuploaded_parts(harness: Harness) -> None:
     backend = harness.backend
     upload_id = await backend.create_multipart(KEY)
-    p1, p2, p3 = pattern(MiB + 7, seed=1), pattern(10, seed=2), pattern(2 * MiB, seed=3)
+    p1, p2 = harness.pad(pattern(MiB + 7, seed=1)), harness.pad(pattern(10, seed=2))
+    p3 = pattern(2 * MiB, seed=3)
     assert (await backend.put_part(KEY, upload_id, 3, body(p3))).size == len(p3)
     await backend.put_part(KEY, upload_id, 1, body(b"wrong first part"))
-    info = await backend.put_part(KEY, upload_id, 2, body(*split(p2, [3])))
-    assert (info.part_number, info.size) == (2, 10)
+    info = await backend.put_part(KEY, upload_id, 2, body(*split(p2, [3, 3, 3, MiB])))
+    assert (info.part_number, info.size) == (2, len(p2))
     await backend.put_part(KEY, upload_id, 1, body(*split(p1, [4096])))  # the latest attempt
     refs = [PartRef(1, len(p1)), PartRef(2, len(p2)), PartRef(3)]
     done = await backend.complete_multipart(KEY, upload_id, refs)
@@ -327,17 +336,21 @@ async def test_multipart_out_of_order_and_reuploaded_parts(harness: Harness) -> 
     assert harness.residue() == []  # the unchosen attempt of part 1 went with the upload
 
 
-async def test_multipart_complete_with_a_subset(backend: Backend) -> None:
+async def test_multipart_complete_with_a_subset(harness: Harness) -> None:
+    backend = harness.backend
+    parts = [harness.pad(f"<{n}>".encode()) for n in range(1, 5)] + [b"<5>"]
     upload_id = await backend.create_multipart(KEY)
-    for n in range(1, 6):
-        await backend.put_part(KEY, upload_id, n, body(f"<{n}>".encode()))
+    for n, data in enumerate(parts, start=1):
+        await backend.put_part(KEY, upload_id, n, body(data))
     await backend.complete_multipart(KEY, upload_id, [PartRef(2), PartRef(3), PartRef(5)])
-    assert await fetch(backend, KEY) == b"<2><3><5>"
+    assert await fetch(backend, KEY) == parts[1] + parts[2] + b"<5>"
 
 
-async def test_multipart_ranges_across_part_boundaries(backend: Backend) -> None:
-    sizes = [5, MiB + 3, 1, 0, 7, 2 * MiB]
-    parts = [pattern(size, seed=i) for i, size in enumerate(sizes)]
+async def test_multipart_ranges_across_part_boundaries(harness: Harness) -> None:
+    backend = harness.backend
+    parts = [pattern(size, seed=i) for i, size in enumerate([5, MiB + 3, 1, 0, 7, 2 * MiB])]
+    parts = [harness.pad(part) for part in parts[:-1]] + parts[-1:]
+    sizes = [len(part) for part in parts]
     data = await multipart(backend, KEY, parts)
     boundaries = {0, len(data)}
     offset = 0
@@ -347,7 +360,8 @@ async def test_multipart_ranges_across_part_boundaries(backend: Backend) -> None
     points = sorted(p for p in boundaries if 0 <= p <= len(data))
     for start in points:
         for end in points:
-            if start < end and (end - start <= 20 or start in (0, 5) or end == len(data)):
+            if start < end and (end - start <= 20 or start in (0, sizes[0])
+                                or end == len(data)):
                 got = await fetch(backend, KEY, ByteRange(start, end))
                 assert got == data[start:end], (start, end)
     reader = await backend.get(KEY, byte_range=ByteRange(4, 6 + MiB))
@@ -372,13 +386,15 @@ async def test_multipart_unknown_upload(backend: Backend) -> None:
     await backend.put_part("b/other", other, 1, body(b"x"))
 
 
-async def test_multipart_missing_or_mismatched_parts(backend: Backend) -> None:
+async def test_multipart_missing_or_mismatched_parts(harness: Harness) -> None:
+    backend = harness.backend
+    one = harness.pad(b"one")
     upload_id = await backend.create_multipart(KEY)
-    await backend.put_part(KEY, upload_id, 1, body(b"one"))
+    await backend.put_part(KEY, upload_id, 1, body(one))
     await backend.put_part(KEY, upload_id, 2, body(b"two"))
     for refs, bad in [
         ([PartRef(1), PartRef(3)], 3),
-        ([PartRef(1, 3), PartRef(2, 4)], 2),
+        ([PartRef(1, len(one)), PartRef(2, 4)], 2),
         ([PartRef(1), PartRef(1)], 1),
         ([PartRef(0)], 0),
         ([PartRef(10_001)], 10_001),
@@ -394,8 +410,8 @@ async def test_multipart_missing_or_mismatched_parts(backend: Backend) -> None:
     with pytest.raises(BlobNotFound):
         await backend.head(KEY)
     # Nothing was consumed by the failures: the upload still completes.
-    await backend.complete_multipart(KEY, upload_id, [PartRef(1, 3), PartRef(2, 3)])
-    assert await fetch(backend, KEY) == b"onetwo"
+    await backend.complete_multipart(KEY, upload_id, [PartRef(1, len(one)), PartRef(2, 3)])
+    assert await fetch(backend, KEY) == one + b"two"
 
 
 async def test_multipart_abort_is_idempotent(harness: Harness) -> None:
@@ -425,26 +441,31 @@ async def test_multipart_failing_part_body_keeps_the_previous_part(harness: Harn
     assert harness.leftovers() == []
 
 
-async def test_copy_part(backend: Backend) -> None:
-    src = pattern(3 * MiB + 11)
+async def test_copy_part(harness: Harness) -> None:
+    backend = harness.backend
+    extra = harness.min_part_size  # so that the ranges copied make parts long enough
+    src = pattern(3 * MiB + 11 + extra)
     await backend.put("b/1/src", body(src))
-    await multipart(backend, "b/1/msrc", [b"abc", b"defg"])
+    msrc = await multipart(harness, "b/1/msrc", [b"abc", b"defg"])  # "abc" padded, "defg"
     upload_id = await backend.create_multipart(KEY)
-    info = await backend.copy_part(KEY, upload_id, 1, "b/1/src", ByteRange(MiB - 1, 2 * MiB + 1))
-    assert (info.part_number, info.size) == (1, MiB + 2)
+    first = ByteRange(MiB - 1, 2 * MiB + 1 + extra)
+    info = await backend.copy_part(KEY, upload_id, 1, "b/1/src", first)
+    assert (info.part_number, info.size) == (1, MiB + 2 + extra)
     assert (await backend.copy_part(KEY, upload_id, 2, "b/1/src")).size == len(src)
-    assert (await backend.copy_part(KEY, upload_id, 3, "b/1/msrc", ByteRange(2, 5))).size == 3
-    assert (await backend.copy_part(KEY, upload_id, 4, "b/1/msrc")).size == 7
+    third = ByteRange(2, len(msrc) - 2)
+    assert (await backend.copy_part(KEY, upload_id, 3, "b/1/msrc", third)).size == third.length
+    assert (await backend.copy_part(KEY, upload_id, 4, "b/1/msrc")).size == len(msrc)
     with pytest.raises(BlobNotFound):
         await backend.copy_part(KEY, upload_id, 5, "b/1/none")
     await backend.delete("b/1/src")  # parts do not depend on their source afterwards
     await backend.complete_multipart(KEY, upload_id, [PartRef(n) for n in (1, 2, 3, 4)])
-    expected = src[MiB - 1 : 2 * MiB + 1] + src + b"cde" + b"abcdefg"
+    expected = src[first.start : first.end] + src + msrc[2:-2] + msrc
     assert await fetch(backend, KEY) == expected
 
 
-async def test_segmented_blobs_behave_like_whole_ones(backend: Backend) -> None:
-    data = await multipart(backend, KEY, [pattern(MiB + 1, seed=1), pattern(MiB, seed=2)])
+async def test_segmented_blobs_behave_like_whole_ones(harness: Harness) -> None:
+    backend = harness.backend
+    data = await multipart(harness, KEY, [pattern(MiB + 1, seed=1), pattern(MiB, seed=2)])
     copied = await backend.copy(KEY, "b/2/copy")
     assert copied.size == len(data)
     reader = await backend.get(KEY)
@@ -460,18 +481,19 @@ async def test_segmented_blobs_behave_like_whole_ones(backend: Backend) -> None:
     assert [i.key async for i in backend.list("b/2/")] == ["b/2/copy"]
 
 
-async def test_switching_between_whole_and_segmented_versions(backend: Backend) -> None:
+async def test_switching_between_whole_and_segmented_versions(harness: Harness) -> None:
+    backend = harness.backend
     await backend.put(KEY, body(b"whole 1"))
-    await multipart(backend, KEY, [b"segmented ", b"2"])
-    assert await fetch(backend, KEY) == b"segmented 2"
-    await multipart(backend, KEY, [b"segmented ", b"3", b"!"])
-    assert await fetch(backend, KEY) == b"segmented 3!"
+    second = await multipart(harness, KEY, [b"segmented ", b"2"])
+    assert await fetch(backend, KEY) == second
+    third = await multipart(harness, KEY, [b"segmented ", b"3", b"!"])
+    assert await fetch(backend, KEY) == third
     reader = await backend.get(KEY)
     await backend.put(KEY, body(b"whole 4"))
-    assert await read(reader) == b"segmented 3!"
+    assert await read(reader) == third
     assert await fetch(backend, KEY) == b"whole 4"
     await backend.copy(KEY, "b/9/x")
-    await multipart(backend, "b/9/y", [b"y"])
+    await multipart(harness, "b/9/y", [b"y"])
     await backend.copy("b/9/y", "b/9/x")
     assert await fetch(backend, "b/9/x") == b"y"
     await backend.copy(KEY, "b/9/x")
@@ -481,31 +503,48 @@ async def test_switching_between_whole_and_segmented_versions(backend: Backend) 
 
 
 # -- part attempts and their tokens --------------------------------------------------------
+#
+# With ``capabilities.part_attempts`` every upload of a part number is an attempt of its own
+# until dropped; without it (an S3 upstream) the last upload of a number replaces the
+# earlier ones: their tokens no longer match at completion (InvalidPart) and delete_part has
+# nothing to drop. Each test asserts whichever of the two the backend declares.
 
 
 async def test_each_part_upload_is_a_distinct_attempt(harness: Harness) -> None:
     backend = harness.backend
     first, second = pattern(1000, seed=31), pattern(1000, seed=32)
+    lead = harness.pad(b"<")
     for pick in (0, 1):
         key = f"b/3/attempt-{pick}"
         upload_id = await backend.create_multipart(key)
-        one = await backend.put_part(key, upload_id, 1, body(b"<"))
+        one = await backend.put_part(key, upload_id, 1, body(lead))
         attempts = [await backend.put_part(key, upload_id, 3, body(data))
                     for data in (first, second)]
         assert [(a.part_number, a.size) for a in attempts] == [(3, 1000), (3, 1000)]
         assert isinstance(one.token, str) and one.token
         assert len({one.token, *(a.token for a in attempts)}) == 3
         chosen = attempts[pick]
-        refs = [PartRef(1, 1, one.token), PartRef(3, 1000, chosen.token)]
-        assert (await backend.complete_multipart(key, upload_id, refs)).size == 1001
-        assert await fetch(backend, key) == b"<" + (first, second)[pick]
+        refs = [PartRef(1, len(lead), one.token), PartRef(3, 1000, chosen.token)]
+        if not backend.capabilities.part_attempts and pick == 0:
+            # The second upload of part 3 replaced the first: its token is stale.
+            with pytest.raises(InvalidPart) as raised:
+                await backend.complete_multipart(key, upload_id, refs)
+            assert raised.value.part_number == 3
+            with pytest.raises(BlobNotFound):
+                await backend.head(key)
+            pick, refs[1] = 1, PartRef(3, 1000, attempts[1].token)  # nothing was consumed
+        assert (await backend.complete_multipart(key, upload_id, refs)).size == len(lead) + 1000
+        assert await fetch(backend, key) == lead + (first, second)[pick]
     assert harness.residue() == []
 
 
-async def test_completing_with_a_stale_or_unknown_token(backend: Backend) -> None:
+async def test_completing_with_a_stale_or_unknown_token(harness: Harness) -> None:
+    """Holds with and without part attempts: ``old`` was deleted, or replaced by ``new``."""
+    backend = harness.backend
+    old_data, new_data = harness.pad(b"old"), harness.pad(b"new")
     upload_id = await backend.create_multipart(KEY)
-    old = await backend.put_part(KEY, upload_id, 1, body(b"old"))
-    new = await backend.put_part(KEY, upload_id, 1, body(b"new"))
+    old = await backend.put_part(KEY, upload_id, 1, body(old_data))
+    new = await backend.put_part(KEY, upload_id, 1, body(new_data))
     two = await backend.put_part(KEY, upload_id, 2, body(b"two"))
     await backend.delete_part(KEY, upload_id, 1, old.token)
     for token in [old.token, "0" * 32, "f" * 32, "../../blobs/x", "", two.token]:
@@ -513,22 +552,45 @@ async def test_completing_with_a_stale_or_unknown_token(backend: Backend) -> Non
             await backend.complete_multipart(KEY, upload_id, [PartRef(1, token=token)])
         assert raised.value.part_number == 1
     with pytest.raises(InvalidPart) as raised:  # the right attempt, the wrong size
-        await backend.complete_multipart(KEY, upload_id, [PartRef(2, 3, two.token),
-                                                          PartRef(1, 4, new.token)])
+        await backend.complete_multipart(KEY, upload_id, [PartRef(1, len(new_data) + 1, new.token),
+                                                          PartRef(2, 3, two.token)])
     assert raised.value.part_number == 1
     with pytest.raises(BlobNotFound):
         await backend.head(KEY)
     # Nothing was consumed by the failures.
-    refs = [PartRef(2, 3, two.token), PartRef(1, 3, new.token)]
+    refs = [PartRef(1, len(new_data), new.token), PartRef(2, 3, two.token)]
     await backend.complete_multipart(KEY, upload_id, refs)
-    assert await fetch(backend, KEY) == b"twonew"
+    assert await fetch(backend, KEY) == new_data + b"two"
+
+
+async def test_multipart_completes_parts_in_the_order_given(harness: Harness) -> None:
+    """The service lists parts by ascending number (S3's rule). The local stores join any
+    order as given; an S3 upstream refuses another order, consuming nothing."""
+    backend = harness.backend
+    two = harness.pad(b"two")
+    upload_id = await backend.create_multipart(KEY)
+    one = await backend.put_part(KEY, upload_id, 1, body(harness.pad(b"one")))
+    second = await backend.put_part(KEY, upload_id, 2, body(two))
+    refs = [PartRef(2, len(two), second.token), PartRef(1, len(harness.pad(b"one")),
+                                                         one.token)]
+    if harness.name.startswith("s3"):
+        with pytest.raises(InvalidPart) as raised:
+            await backend.complete_multipart(KEY, upload_id, refs)
+        assert raised.value.part_number == 1
+        await backend.complete_multipart(KEY, upload_id, refs[::-1])
+        assert await fetch(backend, KEY) == harness.pad(b"one") + two
+    else:
+        await backend.complete_multipart(KEY, upload_id, refs)
+        assert await fetch(backend, KEY) == two + harness.pad(b"one")
+    assert harness.residue() == []
 
 
 async def test_delete_part_removes_one_attempt_and_is_idempotent(harness: Harness) -> None:
     backend = harness.backend
+    a_data, b_data = harness.pad(b"attempt a"), harness.pad(b"attempt b")
     upload_id = await backend.create_multipart(KEY)
-    a = await backend.put_part(KEY, upload_id, 1, body(b"attempt a"))
-    b = await backend.put_part(KEY, upload_id, 1, body(b"attempt b"))
+    a = await backend.put_part(KEY, upload_id, 1, body(a_data))
+    b = await backend.put_part(KEY, upload_id, 1, body(b_data))
     c = await backend.put_part(KEY, upload_id, 2, body(b"!"))
     for _ in range(2):
         await backend.delete_part(KEY, upload_id, 1, b.token)
@@ -537,11 +599,17 @@ async def test_delete_part_removes_one_attempt_and_is_idempotent(harness: Harnes
     await backend.delete_part(KEY, upload_id, 2, "not a token")
     await backend.delete_part(KEY, "0" * 32, 1, a.token)  # unknown upload
     await backend.delete_part("b/other", upload_id, 1, a.token)  # not this key's upload
-    with pytest.raises(InvalidPart):
-        await backend.complete_multipart(KEY, upload_id, [PartRef(1, token=b.token)])
+    if backend.capabilities.part_attempts:
+        deleted, left = b, a_data
+    else:
+        # Nothing to delete: b, the last upload of part 1, is still there; a was replaced.
+        deleted, left = a, b_data
+    with pytest.raises(InvalidPart) as raised:
+        await backend.complete_multipart(KEY, upload_id, [PartRef(1, token=deleted.token)])
+    assert raised.value.part_number == 1
     # Without a token, the latest attempt that is left.
     await backend.complete_multipart(KEY, upload_id, [PartRef(1), PartRef(2, 1, c.token)])
-    assert await fetch(backend, KEY) == b"attempt a!"
+    assert await fetch(backend, KEY) == left + b"!"
     await backend.delete_part(KEY, upload_id, 1, a.token)  # completed: still not an error
     assert harness.residue() == []
 
@@ -552,8 +620,15 @@ async def test_copy_part_makes_an_attempt_too(backend: Backend) -> None:
     copied = await backend.copy_part(KEY, upload_id, 1, "b/1/src", ByteRange(2, 5))
     put = await backend.put_part(KEY, upload_id, 1, body(b"put"))
     assert (copied.part_number, copied.size) == (1, 3) and copied.token != put.token
-    await backend.complete_multipart(KEY, upload_id, [PartRef(1, 3, copied.token)])
-    assert await fetch(backend, KEY) == b"234"
+    if backend.capabilities.part_attempts:
+        await backend.complete_multipart(KEY, upload_id, [PartRef(1, 3, copied.token)])
+        assert await fetch(backend, KEY) == b"234"
+    else:  # the upload replaced the copy
+        with pytest.raises(InvalidPart) as raised:
+            await backend.complete_multipart(KEY, upload_id, [PartRef(1, 3, copied.token)])
+        assert raised.value.part_number == 1
+        await backend.complete_multipart(KEY, upload_id, [PartRef(1, 3, put.token)])
+        assert await fetch(backend, KEY) == b"put"
 
 
 @pytest.mark.parametrize("end", ["complete", "abort"])
@@ -614,9 +689,12 @@ async def test_upload_ending_while_a_part_streams_in(
 DELAYS = [0, 1, 2, 3, 5, 0.0005, 0.001, 0.003]
 
 
-def delays(i: int) -> tuple[float, float]:
-    """A different pair of head starts for each round ``i`` (the first 64 rounds)."""
-    return DELAYS[i % len(DELAYS)], DELAYS[i // len(DELAYS) % len(DELAYS)]
+def delays(i: int, scale: float = 1) -> tuple[float, float]:
+    """A different pair of head starts for each round ``i`` (the first 64 rounds); ``scale``
+    stretches the ones in seconds, for calls that take longer (parts of megabytes)."""
+    pair = DELAYS[i % len(DELAYS)], DELAYS[i // len(DELAYS) % len(DELAYS)]
+    first, second = (d * scale if isinstance(d, float) else d for d in pair)
+    return first, second
 
 
 async def race(first: Callable[[], Awaitable[object]], first_delay: float,
@@ -644,33 +722,56 @@ async def race(first: Callable[[], Awaitable[object]], first_delay: float,
 async def test_part_upload_racing_completion_never_tears_the_blob(
     harness: Harness, with_tokens: bool
 ) -> None:
-    """Parts of equal size, so only the bytes could tell a late attempt that slipped in."""
+    """Parts of equal size, so only the bytes could tell a late attempt that slipped in.
+
+    With part attempts the completion always wins with the attempts it names. Without them
+    (S3) a late upload of part 2 that lands first replaces it: the completion then either
+    takes it (without tokens) or fails with InvalidPart, the upload still in progress.
+    """
     backend = harness.backend
+    attempts = backend.capabilities.part_attempts
     size = 2000
     seen: set[str] = set()
-    for i in range(64):
+    # Where parts are padded to megabytes, every fifth round still covers all head starts.
+    for i in range(0, 64, 5 if harness.min_part_size else 1):
         key = f"b/4/race-{i}"
         parts = [pattern(size, seed=100 * i + n) for n in range(3)]
-        late = pattern(size if i % 3 else MiB + 1, seed=100 * i + 99)
+        parts = [harness.pad(part) for part in parts[:2]] + parts[2:]
+        late = harness.pad(pattern(size if i % 3 else MiB + 1, seed=100 * i + 99))
         upload_id = await backend.create_multipart(key)
         infos = [await backend.put_part(key, upload_id, n, body(data))
                  for n, data in enumerate(parts, start=1)]
         refs = [PartRef(info.part_number, info.size, info.token) if with_tokens
                 else PartRef(info.part_number) for info in infos]
-        put_delay, complete_delay = delays(i)
+        put_delay, complete_delay = delays(i, harness.delay_scale)
         put, done = await race(
             partial(backend.put_part, key, upload_id, 2, body(*split(late, [MiB // 2]))),
             put_delay, partial(backend.complete_multipart, key, upload_id, refs), complete_delay)
         assert isinstance(put, PartInfo | UploadNotFound), put
-        assert isinstance(done, BlobInfo), done
         seen.add(type(put).__name__)
-        got = await fetch(backend, key)
-        if with_tokens or got != b"".join(parts):
-            # Without tokens the late attempt may have been the latest when the upload completed.
-            assert got == b"".join(parts) if with_tokens else parts[0] + late + parts[2]
+        if attempts or not isinstance(done, InvalidPart):
+            assert isinstance(done, BlobInfo), done
+            got = await fetch(backend, key)
+            if with_tokens or got != b"".join(parts):
+                # Without tokens the late attempt may have been the latest when the upload
+                # completed.
+                assert got == b"".join(parts) if with_tokens else parts[0] + late + parts[2]
+        else:
+            # S3: the late upload replaced part 2 before the completion took it.
+            seen.add("InvalidPart")
+            assert isinstance(put, PartInfo), put
+            assert done.part_number == 2, done
+            with pytest.raises(BlobNotFound):
+                await backend.head(key)
+            await backend.abort_multipart(key, upload_id)
         assert harness.leftovers() == []
         assert harness.residue() == []
-    assert seen == {"PartInfo", "UploadNotFound"}  # both sides of the race were run
+    if attempts:
+        assert {"PartInfo", "UploadNotFound"} <= seen  # both sides of the race were run
+    else:
+        # Over the network a part of a few KiB usually lands while the completion lists
+        # the parts; which side wins each round is the upstream's timing, not ours.
+        assert "PartInfo" in seen and seen & {"UploadNotFound", "InvalidPart"}, seen
 
 
 async def test_part_upload_racing_abort_leaves_nothing(harness: Harness) -> None:
@@ -679,7 +780,7 @@ async def test_part_upload_racing_abort_leaves_nothing(harness: Harness) -> None
     for i in range(0, 64, 3):
         upload_id = await backend.create_multipart(KEY)
         await backend.put_part(KEY, upload_id, 1, body(b"one"))
-        put_delay, abort_delay = delays(i)
+        put_delay, abort_delay = delays(i, harness.delay_scale)
         put, _ = await race(partial(backend.put_part, KEY, upload_id, 2, body(b"late")), put_delay,
                             partial(backend.abort_multipart, KEY, upload_id), abort_delay)
         seen.add(type(put).__name__)

@@ -655,7 +655,8 @@ async def test_registry_other_backends(tmp_path: Path) -> None:
     assert elsewhere.root == (tmp_path / "other").resolve()
     await elsewhere.aclose()
     upstream = open_backend("s3://bucket/some/prefix/", data_dir=tmp_path,
-                            s3=S3Options(endpoint="http://127.0.0.1:9"))
+                            s3=S3Options(endpoint="http://127.0.0.1:9", access_key="k",
+                                         secret_key="s"))
     assert isinstance(upstream, S3Backend)
     assert (upstream.bucket, upstream.prefix) == ("bucket", "some/prefix/")
     await upstream.aclose()
