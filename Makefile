@@ -38,8 +38,12 @@ $(BROWSER_STAMP): | $(BIN)/python
 	fi
 	@if command -v chromium >/dev/null 2>&1; then touch $@; fi
 
+# Most tests wait on real server processes, so three workers fit two cores; a test module
+# stays on one worker (its fixtures and upstream servers are shared by its tests).
+PYTEST_WORKERS ?= 3
+
 test: $(TEST_STAMP) $(BROWSER_STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

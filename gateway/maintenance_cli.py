@@ -160,6 +160,11 @@ async def _migrate(args: argparse.Namespace) -> MigrateReport:
     if source_id == target_id:
         raise UsageError(f"the target {args.to!r} is the configured backend "
                          f"({settings.backend!r}): nothing to migrate")
+    if settings.s3_placement == "keys" and (
+            settings.backend.lower().startswith("s3://") or args.to.lower().startswith("s3://")):
+        # Blob names there carry upstream version ids; another store cannot take them.
+        raise UsageError("gateway migrate moves opaque placements only "
+                         "(GATEWAY_S3_PLACEMENT=keys is set)")
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     try:

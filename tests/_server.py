@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,36 @@ def cli_json(data: Path, *args: str) -> dict[str, Any]:
     return dict(json.loads(out)) if out.startswith("{") else {}
 
 
+#: Ports for test servers: below Linux's ephemeral range (32768-60999), so no outgoing
+#: connection takes one between its check and its server's bind; one block per pytest-xdist
+#: worker, so parallel workers never hand out the same port.
+_PORT_BLOCK = 1500
+_ports: Iterator[int] | None = None
+
+
+def _port_candidates() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    base = 17000 + (index % 10) * _PORT_BLOCK
+    start = random.randrange(_PORT_BLOCK)
+    while True:
+        for offset in range(_PORT_BLOCK):
+            yield base + (start + offset) % _PORT_BLOCK
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port no server of this test process has had, and free right now."""
+    global _ports
+    if _ports is None:
+        _ports = _port_candidates()
+    for port in _ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable")
 
 
 @dataclass

@@ -167,13 +167,18 @@ def test_writes_while_migrating(source: Dataset, target: Target) -> None:
     read_back(source, target.backend_env)
 
 
-def test_refuses_the_configured_backend(source: Dataset,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_refuses_the_configured_backend(source: Dataset, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     # The default, spelled as a path (with a trailing slash); and one that keeps nothing.
     for url in (f"fs://{source.data_dir / 'objects'}/", "memory"):
         code = main(["migrate", "--to", url, "--data-dir", str(source.data_dir)])
         assert code == 2, url
         assert "gateway migrate: the " in capsys.readouterr().err
+    # Versioned blob names of the 1:1 placement cannot move to another store.
+    monkeypatch.setenv("GATEWAY_S3_PLACEMENT", "keys")
+    code = main(["migrate", "--to", "s3://elsewhere/x", "--data-dir", str(source.data_dir)])
+    assert code == 2
+    assert "opaque placements only" in capsys.readouterr().err
     assert not list(source.data_dir.glob("migrate-*.journal"))
 
 
