@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,25 @@ def free_port() -> int:
     raise AssertionError("unreachable")
 
 
+def wait_until_ready(proc: subprocess.Popen[bytes], url: str, ready: Callable[[int], bool],
+                     what: str, log: Callable[[], str], stop: Callable[[], None],
+                     timeout: float) -> None:
+    """Poll ``url`` until its status is ``ready``; raise with the server's log if the
+    process exits first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{log()}")
+        try:
+            if ready(httpx.get(url, timeout=1).status_code):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    stop()
+    raise RuntimeError(f"{what} did not become ready:\n{log()}")
+
+
 @dataclass
 class GatewayProcess:
     data_dir: Path
@@ -111,18 +130,9 @@ class GatewayProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"],
                                      env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"gateway did not become ready:\n{self.log()}")
+        wait_until_ready(self.proc, self.url + "/readyz", lambda status: status == 200,
+                         "gateway", self.log, self.stop, timeout)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""

@@ -18,17 +18,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import boto3
-import httpx
 from botocore.config import Config
 
-from tests._server import GatewayProcess, free_port
+from tests._server import GatewayProcess, free_port, wait_until_ready
 
 MiB = 1024 * 1024
 #: What AWS, MinIO and the gateway itself require of every part but the last.
@@ -165,18 +163,9 @@ class MotoServer(_Base):
              "-H", "127.0.0.1", "-p", str(self.port)],
             env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited early:\n{self.log()}")
-            try:
-                if httpx.get(self.endpoint + "/moto-api/", timeout=1).status_code < 500:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"moto_server did not become ready:\n{self.log()}")
+        wait_until_ready(self.proc, self.endpoint + "/moto-api/", lambda status: status < 500,
+                         "moto_server", self.log, self.stop, timeout)
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
