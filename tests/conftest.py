@@ -11,12 +11,13 @@ from typing import Any
 import boto3
 import pytest
 
+from tests import _postgres as postgres
 from tests._server import GatewayProcess
 from tests._upstreams import UPSTREAM_KINDS, Upstream, backend_env, make_upstream, unique_bucket
 
 #: Where a gateway under test keeps its blobs: ``fs`` (its data dir), or an upstream S3
 #: server of one of ``UPSTREAM_KINDS`` (moto, or a second gateway on ``fs``).
-BACKEND_KINDS = ("fs", *UPSTREAM_KINDS)
+BACKEND_KINDS = ("fs", *UPSTREAM_KINDS, "postgresql")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,6 +54,7 @@ class UpstreamPool:
         self._tmp = tmp
         self._upstreams: dict[str, Upstream] = {}
         self._gateways: dict[str, GatewayProcess] = {}
+        self._databases: list[str] = []
 
     def upstream(self, kind: str) -> Upstream:
         if kind not in self._upstreams:
@@ -60,10 +62,17 @@ class UpstreamPool:
         return self._upstreams[kind]
 
     def gateway(self, kind: str) -> GatewayProcess:
-        """The gateway under test whose blobs live on ``kind``."""
+        """The gateway under test whose blobs live on ``kind`` (``postgresql``: the local
+        filesystem, with its metadata on PostgreSQL instead of SQLite)."""
         if kind not in self._gateways:
             env: dict[str, str] = {}
-            if kind != "fs":
+            if kind == "postgresql":
+                reason = postgres.unreachable()
+                if reason is not None:
+                    pytest.skip(reason)
+                env["GATEWAY_DATABASE_URL"] = postgres.create_database()
+                self._databases.append(env["GATEWAY_DATABASE_URL"])
+            elif kind != "fs":
                 upstream = self.upstream(kind)
                 env = backend_env(upstream, upstream.create_bucket(unique_bucket("gw")), "gw")
             data = self._tmp.mktemp("gateway" if kind == "fs" else f"gateway-{kind}") / "data"
@@ -75,6 +84,8 @@ class UpstreamPool:
             server.stop()
         for upstream in self._upstreams.values():
             upstream.stop()
+        for url in self._databases:
+            postgres.drop_database(url)
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.metadata.db import upgrade_to_head
 from gateway.metadata.models import metadata
+from tests import _postgres as postgres
 
 
 def test_migrations_match_models(tmp_path: Path) -> None:
@@ -23,6 +27,32 @@ def test_migrations_match_models(tmp_path: Path) -> None:
         diff = compare_metadata(context, metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_migrations_match_models_on_postgresql() -> None:
+    reason = postgres.unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    url = postgres.create_database()
+    try:
+        upgrade_to_head(url)
+        upgrade_to_head(url)
+
+        def compare(conn: Any) -> Any:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return compare_metadata(context, metadata)
+
+        async def diff() -> Any:
+            engine = create_async_engine(url)
+            try:
+                async with engine.connect() as conn:
+                    return await conn.run_sync(compare)
+            finally:
+                await engine.dispose()
+
+        assert postgres.run(diff) == []
+    finally:
+        postgres.drop_database(url)
 
 
 def test_quota_usage_is_counted_for_data_stored_before_quotas(tmp_path: Path) -> None:

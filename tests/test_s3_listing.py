@@ -18,6 +18,10 @@ import pytest
 from tests._errors import client_error
 from tests.conftest import make_client
 
+#: Listings come from the database: run on SQLite and on PostgreSQL (whose text ordering
+#: must still be S3's byte order).
+pytestmark = pytest.mark.upstreams("fs", "postgresql")
+
 KEYS: list[str] = [
     # top level, chosen so that UTF-8 byte order differs from UTF-16 / naive orders
     "a", "a b", "a-b", "a.b", "a/b", "a\u00e9", "a\ue000", "a\ufffd", "a\uffff",

@@ -68,6 +68,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 #: Object keys in byte order everywhere.
 KeyString = Text().with_variant(Text(collation="C"), "postgresql")
+BucketName = String(63).with_variant(String(63, collation="C"), "postgresql")
 
 users = Table(
     "users",
@@ -100,7 +101,7 @@ buckets = Table(
     "buckets",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("name", String(63), nullable=False, unique=True),
+    Column("name", BucketName, nullable=False, unique=True),
     Column("owner_id", BigId, ForeignKey("users.id"), nullable=False, index=True),
     Column("region", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),

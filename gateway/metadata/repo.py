@@ -9,7 +9,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Row
 
 from gateway.metadata.models import (
@@ -560,47 +571,52 @@ def token_by_hash(conn: Connection, digest: str) -> Any:
 # A bucket's limits are ``COALESCE(column, :default)`` with a negative value meaning
 # unlimited, so a change of the settings' defaults applies to every bucket that has none.
 
+def _int(name: str) -> Any:
+    """A bound integer; typed, so PostgreSQL need not guess the type of ``:a <= :b``."""
+    return bindparam(name, type_=BigInteger)
+
+
 def _within(used: Any, reserved: Any, limit: Any, extra: Any) -> Any:
     return or_(limit < 0, used + reserved + extra <= limit)
 
 
-_LIMIT_BYTES = func.coalesce(buckets.c.quota_bytes, bindparam("default_bytes"))
-_LIMIT_OBJECTS = func.coalesce(buckets.c.quota_objects, bindparam("default_objects"))
+_LIMIT_BYTES = func.coalesce(buckets.c.quota_bytes, _int("default_bytes"))
+_LIMIT_OBJECTS = func.coalesce(buckets.c.quota_objects, _int("default_objects"))
 
 #: The one statement that holds quota: it cannot overshoot, whoever runs concurrently.
 _RESERVE = (
     update(buckets)
-    .where(buckets.c.id == bindparam("b_id"),
+    .where(buckets.c.id == _int("b_id"),
            _within(buckets.c.used_bytes, buckets.c.reserved_bytes, _LIMIT_BYTES,
-                   bindparam("add_bytes")),
+                   _int("add_bytes")),
            _within(buckets.c.used_objects, buckets.c.reserved_objects, _LIMIT_OBJECTS,
-                   bindparam("add_objects")))
-    .values(reserved_bytes=buckets.c.reserved_bytes + bindparam("add_bytes"),
-            reserved_objects=buckets.c.reserved_objects + bindparam("add_objects"))
+                   _int("add_objects")))
+    .values(reserved_bytes=buckets.c.reserved_bytes + _int("add_bytes"),
+            reserved_objects=buckets.c.reserved_objects + _int("add_objects"))
 )
 
 #: Commit a write: usage moves by the real delta and the reservation goes. A delta within
 #: what was reserved (or released in the same transaction) always passes; more must fit.
 _APPLY = (
     update(buckets)
-    .where(buckets.c.id == bindparam("b_id"),
-           or_(bindparam("d_bytes") <= bindparam("allow_bytes"),
-               _within(buckets.c.used_bytes, buckets.c.reserved_bytes - bindparam("r_bytes"),
-                       _LIMIT_BYTES, bindparam("d_bytes"))),
-           or_(bindparam("d_objects") <= bindparam("allow_objects"),
+    .where(buckets.c.id == _int("b_id"),
+           or_(_int("d_bytes") <= _int("allow_bytes"),
+               _within(buckets.c.used_bytes, buckets.c.reserved_bytes - _int("r_bytes"),
+                       _LIMIT_BYTES, _int("d_bytes"))),
+           or_(_int("d_objects") <= _int("allow_objects"),
                _within(buckets.c.used_objects,
-                       buckets.c.reserved_objects - bindparam("r_objects"),
-                       _LIMIT_OBJECTS, bindparam("d_objects"))))
-    .values(used_bytes=buckets.c.used_bytes + bindparam("d_bytes"),
-            used_objects=buckets.c.used_objects + bindparam("d_objects"),
-            reserved_bytes=buckets.c.reserved_bytes - bindparam("r_bytes"),
-            reserved_objects=buckets.c.reserved_objects - bindparam("r_objects"))
+                       buckets.c.reserved_objects - _int("r_objects"),
+                       _LIMIT_OBJECTS, _int("d_objects"))))
+    .values(used_bytes=buckets.c.used_bytes + _int("d_bytes"),
+            used_objects=buckets.c.used_objects + _int("d_objects"),
+            reserved_bytes=buckets.c.reserved_bytes - _int("r_bytes"),
+            reserved_objects=buckets.c.reserved_objects - _int("r_objects"))
 )
 
 _ADJUST_USAGE = (
-    update(buckets).where(buckets.c.id == bindparam("b_id"))
-    .values(used_bytes=buckets.c.used_bytes + bindparam("d_bytes"),
-            used_objects=buckets.c.used_objects + bindparam("d_objects"))
+    update(buckets).where(buckets.c.id == _int("b_id"))
+    .values(used_bytes=buckets.c.used_bytes + _int("d_bytes"),
+            used_objects=buckets.c.used_objects + _int("d_objects"))
 )
 
 _LATEST_SIZE = select(objects.c.size).where(
