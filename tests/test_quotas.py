@@ -19,6 +19,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests import _postgres as postgres
 from tests._errors import client_error
 from tests._server import GatewayProcess, run_cli
 from tests.conftest import make_client
@@ -27,7 +28,7 @@ MiB = 1024 * 1024
 
 
 def gw(server: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(server.data_dir, *args)
+    return run_cli(server.data_dir, *args, env=server.env())
 
 
 def quota(server: GatewayProcess, bucket: str) -> dict[str, Any]:
@@ -44,12 +45,21 @@ def set_quota(server: GatewayProcess, bucket: str, *flags: str) -> dict[str, Any
     return result
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    proc = GatewayProcess(tmp_path_factory.mktemp("quotas") / "data",
-                          env_extra={"GATEWAY_HEARTBEAT_SECONDS": "1"}).start()
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """Quotas hold in one SQL statement: shown on both databases."""
+    env = {"GATEWAY_HEARTBEAT_SECONDS": "1"}
+    if request.param == "postgresql":
+        reason = postgres.unreachable()
+        if reason is not None:
+            pytest.skip(reason)
+        env["GATEWAY_DATABASE_URL"] = postgres.create_database()
+    proc = GatewayProcess(tmp_path_factory.mktemp("quotas") / "data", env_extra=env).start()
     yield proc
     proc.stop()
+    if request.param == "postgresql":
+        postgres.drop_database(env["GATEWAY_DATABASE_URL"])
 
 
 @pytest.fixture(scope="module")

@@ -768,10 +768,9 @@ async def test_part_upload_racing_completion_never_tears_the_blob(
         assert harness.residue() == []
     if attempts:
         assert {"PartInfo", "UploadNotFound"} <= seen  # both sides of the race were run
-    else:
-        # Over the network a part of a few KiB usually lands while the completion lists
-        # the parts; which side wins each round is the upstream's timing, not ours.
-        assert "PartInfo" in seen and seen & {"UploadNotFound", "InvalidPart"}, seen
+    # Over the network, which side wins each round is the upstream's timing (on a loaded
+    # machine one side may win them all); every round above checked what either outcome
+    # must leave behind.
 
 
 async def test_part_upload_racing_abort_leaves_nothing(harness: Harness) -> None:

@@ -1,0 +1,160 @@
+"""Two gateway instances on one PostgreSQL database and one data directory.
+
+What one instance promises must hold across both: a conditional-write race has exactly one
+winner, a quota race never overshoots, and every read through either instance sees
+committed state. Skipped (with the reason) where PostgreSQL is unreachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests import _postgres as postgres
+from tests._server import GatewayProcess, run_cli
+from tests.conftest import make_client
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
+    reason = postgres.unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    url = postgres.create_database()
+    data = tmp_path_factory.mktemp("scale-out") / "data"
+    env = {"GATEWAY_DATABASE_URL": url}
+    first = GatewayProcess(data, env_extra=env).start()
+    second = GatewayProcess(data, env_extra=env).start()
+    try:
+        yield [first, second]
+    finally:
+        second.stop()
+        first.stop()
+        postgres.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def clients(pair: list[GatewayProcess]) -> list[Any]:
+    # One attempt per call: each outcome is the gateway's answer, not a retry's.
+    return [make_client(g, config=Config(retries={"max_attempts": 1, "mode": "standard"},
+                                         max_pool_connections=16)) for g in pair]
+
+
+@pytest.fixture
+def bucket(clients: list[Any]) -> str:
+    name = f"so-{uuid.uuid4().hex[:16]}"
+    clients[0].create_bucket(Bucket=name)
+    return name
+
+
+def code(exc: ClientError) -> str:
+    return str(exc.response["Error"]["Code"])
+
+
+def test_a_conditional_create_race_across_instances_has_one_winner(
+    clients: list[Any], bucket: str
+) -> None:
+    for round_ in range(5):
+        key = f"lock-{round_}"
+
+        def create(i: int, key: str = key) -> str:
+            try:
+                clients[i % 2].put_object(Bucket=bucket, Key=key, Body=b"owner %d" % i,
+                                          IfNoneMatch="*")
+            except ClientError as exc:
+                return code(exc)
+            return f"won-{i}"
+
+        with ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(create, range(16)))
+        winners = [o for o in outcomes if o.startswith("won-")]
+        assert len(winners) == 1, outcomes
+        assert set(outcomes) - set(winners) <= {"PreconditionFailed",
+                                                 "ConditionalRequestConflict"}
+        owner = int(winners[0].removeprefix("won-"))
+        for s3 in clients:
+            assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"owner %d" % owner
+
+
+def test_writers_through_both_instances_and_reads_through_either(
+    clients: list[Any], bucket: str
+) -> None:
+    """16 writers overwrite, conditionally update and delete; afterwards both instances
+    serve exactly the last committed state of every key."""
+    keys = [f"k{i}" for i in range(8)]
+
+    def work(i: int) -> None:
+        s3 = clients[i % 2]
+        for n in range(10):
+            key = keys[(i + n) % len(keys)]
+            body = f"{i}-{n}".encode()
+            if n % 5 == 4:
+                s3.delete_object(Bucket=bucket, Key=key)
+                continue
+            try:
+                head = s3.head_object(Bucket=bucket, Key=key)
+                s3.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=head["ETag"])
+            except ClientError as exc:
+                if code(exc) not in ("404", "NoSuchKey", "PreconditionFailed",
+                                     "ConditionalRequestConflict"):
+                    raise
+                s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(work, range(16)))
+    views = []
+    for s3 in clients:
+        listed = {o["Key"]: (o["ETag"], o["Size"])
+                  for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+        for key, (etag, size) in listed.items():
+            got = s3.get_object(Bucket=bucket, Key=key)
+            data = got["Body"].read()
+            assert (got["ETag"], len(data)) == (etag, size)
+            assert f'"{hashlib.md5(data).hexdigest()}"' == etag
+        views.append(listed)
+    assert views[0] == views[1]
+
+
+def test_a_quota_race_across_instances_never_overshoots(
+    pair: list[GatewayProcess], clients: list[Any], bucket: str
+) -> None:
+    limit = 10
+    done = run_cli(pair[0].data_dir, "quota", "set", bucket, "--max-objects", str(limit),
+                   "--json", env=pair[0].env())
+    assert done.returncode == 0, done.stderr
+
+    def write(i: int) -> str:
+        try:
+            clients[i % 2].put_object(Bucket=bucket, Key=f"o{i}", Body=b"x" * 1000)
+        except ClientError as exc:
+            return code(exc)
+        return "ok"
+
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(write, range(32)))
+    assert outcomes.count("ok") == limit, outcomes
+    assert set(outcomes) == {"ok", "QuotaExceeded"}
+    stored = clients[1].list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert len(stored) == limit
+    usage = json.loads(run_cli(pair[1].data_dir, "quota", "get", bucket, "--json",
+                               env=pair[1].env()).stdout)
+    assert (usage["used_objects"], usage["used_bytes"]) == (limit, 1000 * limit)
+    assert (usage["reserved_objects"], usage["reserved_bytes"]) == (0, 0)
+
+
+def test_what_one_instance_writes_the_other_serves(clients: list[Any], bucket: str) -> None:
+    clients[0].put_object(Bucket=bucket, Key="shared", Body=b"from the first")
+    assert clients[1].get_object(Bucket=bucket, Key="shared")["Body"].read() == \
+        b"from the first"
+    clients[1].delete_object(Bucket=bucket, Key="shared")
+    with pytest.raises(ClientError) as info:
+        clients[0].get_object(Bucket=bucket, Key="shared")
+    assert code(info.value) == "NoSuchKey"
