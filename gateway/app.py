@@ -32,7 +32,6 @@ log = logging.getLogger("gateway")
 API_PREFIX = "/api"
 _OWN_PREFIXES = (API_PREFIX + "/", "/console/")
 _OWN_READ_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/console"})
-GC_INTERVAL_SECONDS = 3600
 
 
 def announce_root(creds: RootCredentials) -> None:
@@ -125,16 +124,22 @@ class GatewayApp:
             await db.aclose()
 
     async def _gc_loop(self, gateway: Gateway) -> None:
-        """Housekeeping: expire abandoned multipart uploads, then collect blobs."""
+        """Housekeeping: expire abandoned multipart uploads, collect blobs, purge sessions;
+        on one instance at a time (see ``gateway.service.jobs``)."""
+        settings = gateway.settings
+        period = min(settings.housekeeping_seconds, settings.multipart_expiry_seconds)
+
+        async def housekeeping() -> None:
+            await gateway.multipart.expire(settings.multipart_expiry_seconds)
+            await collect_garbage(gateway.ctx)
+            await gateway.sessions.purge_expired()
+
         while True:
             try:
-                await gateway.multipart.expire(gateway.settings.multipart_expiry_seconds)
-                await collect_garbage(gateway.ctx)
-                await gateway.sessions.purge_expired()
+                await gateway.jobs.run("housekeeping", period, housekeeping)
             except Exception:
                 log.exception("housekeeping failed; will retry")
-            await asyncio.sleep(min(GC_INTERVAL_SECONDS,
-                                    gateway.settings.multipart_expiry_seconds))
+            await asyncio.sleep(period)
 
     async def _heartbeat_loop(self, gateway: Gateway) -> None:
         """This instance is alive; what stopped ones held for their writes is released."""

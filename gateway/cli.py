@@ -30,6 +30,7 @@ _HELP = {
     "log_level": "debug, info, warning, error",
     "secret_key": "encrypts S3 secrets at rest (default: <data dir>/secret.key)",
     "gc_grace_seconds": "age before an unreferenced blob may be collected",
+    "housekeeping_seconds": "how often upload expiry and garbage collection run (3600)",
     "cors_origins": "origins allowed cross-origin on every bucket (comma-separated)",
     "multipart_expiry": "age after which unfinished multipart uploads are aborted (7d)",
     "quota_bucket_bytes": "default bucket quota in bytes, e.g. 10GiB, or 'unlimited'",

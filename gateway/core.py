@@ -10,6 +10,7 @@ from gateway.service.accounts import AccountService
 from gateway.service.buckets import BucketService
 from gateway.service.context import Context
 from gateway.service.groups import GroupService
+from gateway.service.jobs import Jobs
 from gateway.service.multipart import MultipartService
 from gateway.service.objects import ObjectService
 from gateway.service.quota import QuotaService
@@ -30,6 +31,7 @@ class Gateway:
     sessions: SessionService
     groups: GroupService
     tokens: TokenService
+    jobs: Jobs
 
     @property
     def settings(self) -> Settings:
@@ -46,4 +48,4 @@ class Gateway:
         return cls(ctx, accounts, BucketService(ctx, multipart), objects,
                    multipart, quotas, sessions=SessionService(ctx, accounts),
                    groups=GroupService(ctx, accounts.invalidate),
-                   tokens=TokenService(ctx))
+                   tokens=TokenService(ctx), jobs=Jobs(ctx, quotas.instance_id))

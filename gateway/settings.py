@@ -40,6 +40,8 @@ class Settings:
     log_level: str = "info"
     #: Seconds after which an unreferenced blob may be garbage-collected.
     gc_grace_seconds: int = 3600
+    #: How often housekeeping (upload expiry, garbage collection) runs, on one instance.
+    housekeeping_seconds: int = 3600
     #: Origins every bucket accepts cross-origin requests from (comma-separated), besides
     #: the bucket's own CORS rules: for deployments serving a web app.
     cors_origins: str = ""

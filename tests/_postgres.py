@@ -51,6 +51,24 @@ async def _execute(statement: str, database: str | None = None) -> None:
         await conn.close()
 
 
+def query(url: str, statement: str) -> list[tuple[Any, ...]]:
+    """The rows of ``statement`` in the database ``url`` names."""
+    import asyncpg
+
+    parsed = make_url(url)
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(host=parsed.host, port=parsed.port or 5432,
+                                     user=parsed.username, password=parsed.password,
+                                     database=parsed.database, timeout=5)
+        try:
+            return [tuple(row) for row in await conn.fetch(statement)]
+        finally:
+            await conn.close()
+
+    return run(fetch)
+
+
 def unreachable() -> str | None:
     """Why PostgreSQL cannot be used here, or None when it can."""
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -158,3 +159,48 @@ def test_what_one_instance_writes_the_other_serves(clients: list[Any], bucket: s
     with pytest.raises(ClientError) as info:
         clients[0].get_object(Bucket=bucket, Key="shared")
     assert code(info.value) == "NoSuchKey"
+
+
+def test_housekeeping_runs_on_one_instance_and_survives_its_death(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Two instances, housekeeping every second: it runs about once a second (not twice),
+    and when the instance running it is killed, the other takes over."""
+    reason = postgres.unreachable()
+    if reason is not None:
+        pytest.skip(reason)
+    url = postgres.create_database()
+    data = tmp_path_factory.mktemp("jobs") / "data"
+    env = {"GATEWAY_DATABASE_URL": url, "GATEWAY_HOUSEKEEPING_SECONDS": "1"}
+    servers = [GatewayProcess(data, env_extra=env).start() for _ in range(2)]
+
+    def lease() -> tuple[str, int]:
+        rows = postgres.query(url, "SELECT owner, runs FROM job_leases "
+                                   "WHERE name = 'housekeeping'")
+        return (str(rows[0][0]), int(rows[0][1])) if rows else ("", 0)
+
+    try:
+        time.sleep(1.5)
+        owner, before = lease()
+        time.sleep(6)
+        same_owner, after = lease()
+        assert same_owner == owner != ""
+        assert 3 <= after - before <= 8, (before, after)  # both running it would be ~12
+
+        instances = dict(postgres.query(url, "SELECT id, started_at FROM instances"))
+        assert owner in instances
+        # Kill the holder: which one that is, the lease says; instances register in order.
+        by_start = sorted(instances, key=lambda i: instances[i])
+        victim = servers[by_start.index(owner)]
+        victim.kill()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and lease()[0] == owner:
+            time.sleep(0.5)
+        new_owner, runs = lease()
+        assert new_owner not in ("", owner)
+        time.sleep(3)
+        assert lease()[1] > runs  # and it keeps running there
+    finally:
+        for server in servers:
+            server.stop()
+        postgres.drop_database(url)

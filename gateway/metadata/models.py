@@ -130,6 +130,17 @@ instances = Table(
     Column("heartbeat_at", UTCDateTime(), nullable=False),
 )
 
+#: Background jobs run by one instance at a time: the holder of an unexpired lease.
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(32), nullable=False),
+    Column("lease_until", UTCDateTime(), nullable=False),
+    Column("runs", BigInteger, nullable=False, server_default="0"),
+    Column("last_run_at", UTCDateTime(), nullable=True),
+)
+
 #: Quota held by one write in flight; the bucket's ``reserved_*`` are their sum.
 quota_reservations = Table(
     "quota_reservations",

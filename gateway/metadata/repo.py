@@ -31,6 +31,7 @@ from gateway.metadata.models import (
     group_members,
     groups,
     instances,
+    job_leases,
     multipart_parts,
     multipart_uploads,
     object_parts,
@@ -928,3 +929,28 @@ def list_buckets_visible(conn: Connection, user_id: int) -> list[BucketRecord]:
             .where((buckets.c.owner_id == user_id) | buckets.c.id.in_(granted))
             .order_by(buckets.c.name))
     return [_bucket(r) for r in conn.execute(stmt).all()]
+
+
+# -- background jobs -------------------------------------------------------------------------
+
+
+def claim_job(conn: Connection, name: str, owner: str, now: datetime,
+              until: datetime) -> bool:
+    """Take or renew the lease on job ``name`` until ``until``: yes if nobody else holds an
+    unexpired one. (A first claim racing another's insert fails on the primary key.)"""
+    renewed = conn.execute(update(job_leases).where(
+        job_leases.c.name == name,
+        or_(job_leases.c.owner == owner, job_leases.c.lease_until < now),
+    ).values(owner=owner, lease_until=until))
+    if renewed.rowcount == 1:
+        return True
+    if conn.execute(select(job_leases.c.name).where(job_leases.c.name == name)).first():
+        return False
+    conn.execute(insert(job_leases).values(name=name, owner=owner, lease_until=until, runs=0))
+    return True
+
+
+def job_ran(conn: Connection, name: str, owner: str, now: datetime) -> None:
+    conn.execute(update(job_leases).where(job_leases.c.name == name,
+                                          job_leases.c.owner == owner)
+                 .values(runs=job_leases.c.runs + 1, last_run_at=now))

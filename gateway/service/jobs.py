@@ -1,0 +1,45 @@
+"""Background jobs that must run on one instance at a time, whichever instances are up.
+
+A job runs where its lease is held. The holder renews the lease at every run; another
+instance takes the lease over only once it has expired (three periods without a renewal),
+so a job keeps running when its instance dies, and never runs twice for one period while
+its holder lives. Leases are rows of the metadata database, so this holds on SQLite (one
+host) and on PostgreSQL (many) alike; instances' clocks are assumed roughly in step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import IntegrityError
+
+from gateway.metadata import repo
+from gateway.service.context import Context
+
+log = logging.getLogger("gateway.jobs")
+
+
+class Jobs:
+    def __init__(self, ctx: Context, instance_id: str) -> None:
+        self.ctx = ctx
+        self.instance_id = instance_id
+
+    async def claim(self, name: str, period: float) -> bool:
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=3 * period)
+        try:
+            return await self.ctx.db.write(
+                lambda conn: repo.claim_job(conn, name, self.instance_id, now, until))
+        except IntegrityError:  # another instance made the first claim just now
+            return False
+
+    async def run(self, name: str, period: float, job: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``job`` if this instance holds (or takes) the lease; whether it ran."""
+        if not await self.claim(name, period):
+            return False
+        await job()
+        await self.ctx.db.write(
+            lambda conn: repo.job_ran(conn, name, self.instance_id, datetime.now(UTC)))
+        return True
