@@ -69,11 +69,11 @@ def run_wrk(urls: list[str], method: str, body_size: int, concurrency: int,
     }
 
 
-def run(concurrency: int, seconds: float, keys: int = 2000, size: int = 4096
-        ) -> dict[str, dict[str, float]]:
+def run(concurrency: int, seconds: float, keys: int = 2000, size: int = 4096,
+        env: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
     # The shipped quota defaults (empty: the settings' own), so PUTs pay for reservations.
     defaults = {"GATEWAY_QUOTA_BUCKET_BYTES": "", "GATEWAY_QUOTA_BUCKET_OBJECTS": "",
-                "GATEWAY_QUOTA_MAX_OBJECT_SIZE": ""}
+                "GATEWAY_QUOTA_MAX_OBJECT_SIZE": "", **(env or {})}
     with running_gateway(**defaults) as server:
         s3 = client(server)
         s3.create_bucket(Bucket="bench")  # type: ignore[attr-defined]

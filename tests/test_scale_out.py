@@ -204,3 +204,32 @@ def test_housekeeping_runs_on_one_instance_and_survives_its_death(
         for server in servers:
             server.stop()
         postgres.drop_database(url)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_workers_start_together_on_a_fresh_database(tmp_path_factory: pytest.TempPathFactory,
+                                                    database: str) -> None:
+    """GATEWAY_WORKERS=3 on a new data dir: the workers migrate the schema, make the secret
+    key and the first admin once between them, and all of them serve."""
+    env = {"GATEWAY_WORKERS": "3", "GATEWAY_LOG_LEVEL": "info"}
+    url = None
+    if database == "postgresql":
+        reason = postgres.unreachable()
+        if reason is not None:
+            pytest.skip(reason)
+        url = env["GATEWAY_DATABASE_URL"] = postgres.create_database()
+    server = GatewayProcess(tmp_path_factory.mktemp("workers") / "data", env_extra=env).start()
+    try:
+        s3 = make_client(server)
+        s3.create_bucket(Bucket="workers")
+        for i in range(30):
+            s3.put_object(Bucket="workers", Key=f"k{i}", Body=b"%d" % i)
+        for i in range(30):
+            assert s3.get_object(Bucket="workers", Key=f"k{i}")["Body"].read() == b"%d" % i
+        log = server.log()
+        assert log.count("Application startup complete") == 3, log
+        assert "Traceback" not in log and "failed to start" not in log, log
+    finally:
+        server.stop()
+        if url:
+            postgres.drop_database(url)

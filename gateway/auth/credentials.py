@@ -37,19 +37,26 @@ class SecretBox:
             return cls.from_passphrase(setting)
         path = data_dir / KEY_FILE
         data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            mode = stat.S_IMODE(path.stat().st_mode)
-            if mode & 0o077:
-                log.warning("%s is readable by others (mode %o); setting 0600", path, mode)
-                path.chmod(0o600)
-            return cls(path.read_bytes().strip())
-        try:
-            os.write(fd, Fernet.generate_key())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if not path.exists():
+            # Written whole under another name, then linked into place: processes starting
+            # together (uvicorn workers) agree on one key and never read half of one.
+            staged = data_dir / f".{KEY_FILE}.{os.getpid()}"
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, Fernet.generate_key())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(staged, path)
+            except FileExistsError:
+                pass
+            finally:
+                staged.unlink()
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("%s is readable by others (mode %o); setting 0600", path, mode)
+            path.chmod(0o600)
         return cls(path.read_bytes().strip())
 
     def seal(self, secret: str) -> str:

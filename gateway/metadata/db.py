@@ -24,6 +24,7 @@ Units must be short and must not await: they never span a request body.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import queue
 import threading
@@ -36,7 +37,7 @@ import anyio
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 log = logging.getLogger("gateway.db")
 
@@ -248,8 +249,45 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+#: The PostgreSQL advisory lock instances hold while migrating (any constant will do).
+MIGRATION_LOCK = 0x6761_7465_7761_79
+
+
 def upgrade_to_head(url: str) -> None:
-    """Runs in a worker thread: with an async driver, Alembic's env drives its own loop."""
+    """Runs in a worker thread: with an async driver, Alembic's env drives its own loop.
+
+    Several processes may start at once (uvicorn workers, instances on one database): one
+    migrates while the others wait, then find nothing left to do.
+    """
     from alembic import command
 
-    command.upgrade(alembic_config(url), "head")
+    def upgrade() -> None:
+        command.upgrade(alembic_config(url), "head")
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if not database or database == ":memory:":
+            upgrade()
+            return
+        with open(f"{database}.migrate-lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            upgrade()
+        return
+
+    async def locked() -> None:
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
+                await conn.commit()
+                try:
+                    await asyncio.to_thread(upgrade)
+                finally:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"),
+                                       {"k": MIGRATION_LOCK})
+                    await conn.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(locked())
