@@ -25,9 +25,30 @@ def run_cli(data: Path, *args: str, stdin: str | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``gateway <args> --data-dir <data>``, as an operator runs it; the caller checks the
     exit code."""
+    if database_for(data) and "GATEWAY_DATABASE_URL" not in (env or {}):
+        env = {**(os.environ if env is None else env),
+               "GATEWAY_DATABASE_URL": database_for(data)}
     return subprocess.run([sys.executable, "-m", "gateway", *args, "--data-dir", str(data)],
                           input=stdin, capture_output=True, text=True, timeout=60,
                           check=False, env=env)
+
+
+#: ``GATEWAY_TEST_DATABASE=postgresql``: every gateway a test starts (and the CLI run on its
+#: data dir) uses a fresh PostgreSQL database instead of SQLite in its data dir, so any
+#: module can be run on PostgreSQL.
+_DATABASES: dict[str, str] = {}
+
+
+def database_for(data: Path) -> str:
+    """The database URL tests use with the data dir ``data`` ("" for its own SQLite)."""
+    if os.environ.get("GATEWAY_TEST_DATABASE", "sqlite") != "postgresql":
+        return ""
+    key = str(Path(data).resolve())
+    if key not in _DATABASES:
+        from tests import _postgres
+
+        _DATABASES[key] = _postgres.create_database()
+    return _DATABASES[key]
 
 
 def cli_json(data: Path, *args: str) -> dict[str, Any]:
@@ -120,6 +141,8 @@ class GatewayProcess:
             "GATEWAY_QUOTA_MAX_OBJECT_SIZE": "unlimited",
             "GATEWAY_RATE_LIMITS": "off",
         })
+        if database_for(self.data_dir):
+            env["GATEWAY_DATABASE_URL"] = database_for(self.data_dir)
         env.update(self.env_extra)
         return env
 

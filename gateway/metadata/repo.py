@@ -954,3 +954,10 @@ def job_ran(conn: Connection, name: str, owner: str, now: datetime) -> None:
     conn.execute(update(job_leases).where(job_leases.c.name == name,
                                           job_leases.c.owner == owner)
                  .values(runs=job_leases.c.runs + 1, last_run_at=now))
+
+
+def lock_bucket(conn: Connection, bucket_id: int) -> None:
+    """Take the bucket row's lock first (PostgreSQL; SQLite has one writer anyway): every
+    unit that moves a bucket's counters and touches its objects or uploads takes the locks
+    in this order, so two of them never wait for each other (a deadlock)."""
+    conn.execute(select(buckets.c.id).where(buckets.c.id == bucket_id).with_for_update())

@@ -198,6 +198,7 @@ class MultipartService:
         part_number = record.part_number
 
         def unit(conn: Connection) -> str | None:
+            repo.lock_bucket(conn, upload.bucket_id)
             current = repo.upload(conn, upload.id)
             if current is None or current.state != ACTIVE:
                 raise _UploadGone
@@ -441,7 +442,11 @@ class MultipartService:
 
     async def _abort(self, upload: UploadRecord) -> bool:
         async with shielded():
-            freed = await self.ctx.db.write(lambda conn: repo.delete_upload(conn, upload.id))
+            def unit(conn: Connection) -> int | None:
+                repo.lock_bucket(conn, upload.bucket_id)
+                return repo.delete_upload(conn, upload.id)
+
+            freed = await self.ctx.db.write(unit)
             if freed is None:
                 return False  # completed or aborted meanwhile
             await self._abort_backend(upload)

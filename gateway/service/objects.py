@@ -200,6 +200,7 @@ class ObjectService:
         }
 
         def unit(conn: Connection) -> tuple[int, str | None]:
+            repo.lock_bucket(conn, bucket.id)
             released = before(conn) if before is not None else 0
             current = repo.latest_object(conn, bucket.id, key)
             check_write(conditions, current)
@@ -326,6 +327,7 @@ class ObjectService:
         """Deletes rows in one transaction, then their blobs. Missing keys are not errors."""
 
         def unit(conn: Connection) -> tuple[list[DeleteOutcome], list[str]]:
+            repo.lock_bucket(conn, bucket.id)
             outcomes: list[DeleteOutcome] = []
             blobs: list[str] = []
             for key, version_id in items:
