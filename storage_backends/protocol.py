@@ -13,6 +13,9 @@ Rules every implementation follows:
   size and the range it returns before iteration starts.
 * Ranges are already resolved by the caller to ``[start, end)`` within the blob.
 * Bodies are streamed; no implementation holds a whole body in memory (``memory`` aside).
+* A body may offer ``md5_hex`` (the MD5 of what it yielded, read once it is exhausted; the
+  gateway's verified bodies do): a backend whose store reports an MD5 (an S3 ETag) checks the
+  two agree, at no cost of hashing twice.
 """
 
 from __future__ import annotations

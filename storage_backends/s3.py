@@ -280,7 +280,7 @@ async def _spool(body: AsyncIterable[bytes]) -> tuple[Any, int]:
     try:
         async for chunk in body:
             size += len(chunk)
-            if spool._rolled:  # type: ignore[attr-defined]
+            if size > SPOOL_IN_MEMORY:  # on disk from here (the file rolls over): a thread
                 await anyio.to_thread.run_sync(spool.write, chunk)
             else:
                 spool.write(chunk)
