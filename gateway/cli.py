@@ -41,6 +41,12 @@ _HELP = {
     "rate_limits": "JSON API requests per hour: 'anonymous,authenticated,admin' or 'off'",
     "rate_limit_s3": "'on': S3 requests count against the same limits (SlowDown)",
     "redis_url": "shares rate-limit counters between gateway processes",
+    "clamav": "scan uploads with clamd: unix:///run/clamav/clamd.ctl or tcp://host:3310",
+    "package_rules": "JSON file overriding the bot-package folder rules",
+    "temp_expiry": "age after which a package's .gbdrive/temp/ objects expire (1d)",
+    "change_retention": "how long the change log keeps changes (30d)",
+    "webhook_timeout": "seconds a webhook receiver has to answer (10)",
+    "webhook_max_backoff": "longest wait between retries to a failing webhook (1h)",
 }
 
 

@@ -63,6 +63,19 @@ class Settings:
     rate_limit_s3: str = "off"
     #: Shares rate-limit counters between gateway processes (``redis://host:6379/0``).
     redis_url: str = field(default="", repr=False)
+    #: A clamd to scan every upload with before it commits: ``unix:///run/clamav/clamd.ctl``,
+    #: a socket path, or ``tcp://host:3310``; empty: no scanning.
+    clamav: str = ""
+    #: A JSON file overriding the bot-package folder rules (``gateway.service.packages``).
+    package_rules: str = ""
+    #: Age after which objects under a package's ``.gbdrive/temp/`` expire.
+    temp_expiry: str = "1d"
+    #: How long the change log keeps changes (``/api/v1/storage/changes``).
+    change_retention: str = "30d"
+    #: Seconds a webhook receiver has to answer one event.
+    webhook_timeout: int = 10
+    #: The longest wait between two delivery attempts to a failing webhook.
+    webhook_max_backoff: str = "1h"
 
     def s3_options(self) -> S3Options:
         """How an ``s3://`` backend reaches its upstream."""
@@ -75,6 +88,18 @@ class Settings:
     @property
     def multipart_expiry_seconds(self) -> int:
         return parse_duration(self.multipart_expiry)
+
+    @property
+    def temp_expiry_seconds(self) -> int:
+        return parse_duration(self.temp_expiry)
+
+    @property
+    def change_retention_seconds(self) -> int:
+        return parse_duration(self.change_retention)
+
+    @property
+    def webhook_max_backoff_seconds(self) -> int:
+        return parse_duration(self.webhook_max_backoff)
 
     @property
     def session_ttl_seconds(self) -> int:

@@ -43,11 +43,15 @@ access_log = logging.getLogger("gateway.access")
 
 #: Route modules, in order (the first matching route wins). Extend this list.
 ROUTE_MODULES: tuple[str, ...] = (
+    "gateway.api.changes",
+    "gateway.api.search",
     "gateway.api.storage",
     "gateway.api.auth_routes",
     "gateway.api.tokens",
     "gateway.api.admin",
     "gateway.api.admin_quotas",
+    "gateway.api.bot_package",
+    "gateway.api.bots",
     "gateway.api.openapi",
 )
 

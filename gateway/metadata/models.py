@@ -95,6 +95,8 @@ access_keys = Table(
     Column("secret", String(256), nullable=False),
     Column("enabled", Boolean(), nullable=False, default=True),
     Column("created_at", UTCDateTime(), nullable=False),
+    #: A key scoped to one bucket (a bot's package key): it can reach nothing else.
+    Column("bucket_scope", String(63), nullable=True),
 )
 
 buckets = Table(
@@ -289,4 +291,142 @@ api_tokens = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=True),
     Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+
+# -- the bot platform (0009) ------------------------------------------------------------------
+
+#: The change log: every object create, overwrite and delete, in commit order. ``seq`` comes
+#: from ``change_counter`` inside the committing transaction, so it is gapless and a reader
+#: that saw ``seq = n`` has seen every change before it. Rows outlive their bucket.
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", BigInteger(), primary_key=True, autoincrement=False),
+    Column("bucket_id", BigId, nullable=False),
+    Column("bucket", BucketName, nullable=False),
+    Column("key", KeyString, nullable=False),
+    #: S3's event names: ``s3:ObjectCreated:Put``, ``s3:ObjectRemoved:Delete``, …
+    Column("event", String(64), nullable=False),
+    Column("size", BigInteger(), nullable=True),
+    Column("etag", String(64), nullable=True),
+    Column("version_id", String(64), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_changes_bucket_seq", "bucket", "seq"),
+    Index("ix_changes_created_at", "created_at"),
+)
+
+#: One row (id 1): the last ``changes.seq`` handed out. Its row lock orders the commits.
+change_counter = Table(
+    "change_counter",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=False),
+    Column("value", BigInteger(), nullable=False),
+)
+
+#: Uploads refused by a package rule or the malware scanner, for admins to review.
+upload_rejections = Table(
+    "upload_rejections",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("bucket", BucketName, nullable=False),
+    Column("key", KeyString, nullable=False),
+    #: ``infected``, ``type`` or ``size``
+    Column("reason", String(16), nullable=False),
+    Column("detail", Text(), nullable=True),
+    Column("principal", String(128), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False, index=True),
+)
+
+#: Customers (the Control Tower reference): one per gateway user who owns bots.
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           unique=True),
+    Column("name", String(256), nullable=True),
+    Column("email", String(320), nullable=True),
+    Column("external_id", String(128), nullable=True),
+    Column("attributes", JSON(), nullable=False, default=dict),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+#: Bots, each with its package bucket ``<name>.gbai`` and its webhook. ``state``: 0 disabled,
+#: 1 enabled, 2 no-setup (the Talk bots reference's constants).
+bots = Table(
+    "bots",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("customer_id", String(36), ForeignKey("customers.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("description", Text(), nullable=True),
+    Column("url", String(2048), nullable=True),
+    #: The webhook secret, encrypted like S3 secrets (``SecretBox``).
+    Column("secret", String(256), nullable=False),
+    Column("bucket", BucketName, nullable=True),
+    Column("invite_code", String(32), nullable=True),
+    Column("attributes", JSON(), nullable=False, default=dict),
+    Column("state", Integer(), nullable=False, server_default="1"),
+    Column("error_count", Integer(), nullable=False, server_default="0"),
+    Column("last_error_date", UTCDateTime(), nullable=True),
+    Column("last_error_message", Text(), nullable=True),
+    #: Webhook delivery: every change up to this ``changes.seq`` has been delivered.
+    Column("delivered_seq", BigInteger(), nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+bot_admins = Table(
+    "bot_admins",
+    metadata,
+    Column("bot_id", String(36), ForeignKey("bots.id", ondelete="CASCADE"), primary_key=True),
+    Column("customer_id", String(36), ForeignKey("customers.id", ondelete="CASCADE"),
+           primary_key=True, index=True),
+)
+
+#: A bot's chat recipients (the Control Tower reference's "users").
+bot_users = Table(
+    "bot_users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("bot_id", String(36), ForeignKey("bots.id", ondelete="CASCADE"), nullable=False),
+    Column("customer_id", String(36), nullable=True),
+    Column("external_id", String(128), nullable=True),
+    Column("bot_status", String(16), nullable=False, server_default="active"),
+    Column("attributes", JSON(), nullable=False, default=dict),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_bot_users_bot_status", "bot_id", "bot_status"),
+)
+
+#: Conversations (rooms) whose moderators enable bots in them (the Talk bots reference).
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("owner_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+conversation_members = Table(
+    "conversation_members",
+    metadata,
+    Column("conversation_id", String(32), ForeignKey("conversations.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("user_id", BigId, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True,
+           index=True),
+    #: ``owner``, ``moderator`` or ``user``
+    Column("role", String(16), nullable=False),
+)
+
+conversation_bots = Table(
+    "conversation_bots",
+    metadata,
+    Column("conversation_id", String(32), ForeignKey("conversations.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("bot_id", String(36), ForeignKey("bots.id", ondelete="CASCADE"), primary_key=True,
+           index=True),
+    Column("created_at", UTCDateTime(), nullable=False),
 )

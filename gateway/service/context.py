@@ -7,12 +7,13 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
 from gateway import errors
 from gateway.metadata.db import Database
+from gateway.service.changes import ChangeHub
 from gateway.settings import Settings
 from storage_backends import Backend
 from storage_backends import errors as storage_errors
@@ -25,6 +26,8 @@ class Context:
     settings: Settings
     db: Database
     backend: Backend
+    #: Wakes this process's change-log readers when a change commits here.
+    hub: ChangeHub = field(default_factory=ChangeHub)
 
     def new_blob_key(self, bucket_id: int, bucket: str | None = None,
                      key: str | None = None) -> str:
