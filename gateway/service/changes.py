@@ -150,7 +150,7 @@ def decode_cursor(cursor: str) -> int:
 class ChangeHub:
     """Wakes whoever waits for changes in this process: the webhook dispatcher, ``/ws``
     subscribers and long-polling feed readers. Changes committed by other instances are
-    found by polling (``wait`` returns after ``timeout`` either way)."""
+    found by polling (``wait`` returns after ``within`` seconds either way)."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
@@ -162,11 +162,11 @@ class ChangeHub:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """True when a change committed here during the wait."""
+    async def wait(self, within: float) -> bool:
+        """True when a change committed here within ``within`` seconds."""
         event = self._event
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), within)
         except TimeoutError:
             return False
         return True

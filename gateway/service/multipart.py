@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway import checksums, errors
 from gateway.metadata import repo
+from gateway.service import changes
 from gateway.service.conditions import check_write
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.listing import successor
@@ -374,7 +375,8 @@ class MultipartService:
                 checksum=(upload.checksum_algorithm, object_checksum),
                 owner_id=upload.owner_id, parts=layout, before=consume,
                 # Anything but a lost race keeps the completed blob for a retry.
-                keep_blob_on=(errors.GatewayError, OSError, IntegrityError))
+                keep_blob_on=(errors.GatewayError, OSError, IntegrityError),
+                event=changes.EVENT_COMPLETE)
         except _UploadGone:
             await self.ctx.discard_blob(completed.key)
             raise errors.NoSuchUpload(fields={"UploadId": upload_id}) from None

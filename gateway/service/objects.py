@@ -25,6 +25,7 @@ from gateway.auth.policy import (
 )
 from gateway.metadata import repo
 from gateway.metadata.models import NULL_VERSION
+from gateway.service import changes
 from gateway.service.conditions import check_copy_source, check_read, check_write, resolve_range
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.groups import caller_grants
@@ -132,6 +133,7 @@ class ObjectService:
         conditions: WriteConditions = WriteConditions(),
         size_hint: int | None = None,
         size_bound: int | None = None,
+        event: str = changes.EVENT_PUT,
     ) -> ObjectRecord:
         """``size_hint``: the announced size (Content-Length or the decoded length);
         ``size_bound``: when the size is unknown, at most this many bytes can come (a form
@@ -162,7 +164,7 @@ class ObjectService:
                 bucket, key, blob_key, conditions,
                 size=body.size, etag=body.md5_hex, attrs=attrs,
                 checksum=(body.checksum_algorithm, body.checksum_value),
-                owner_id=principal.user_id, reservation=reservation)
+                owner_id=principal.user_id, reservation=reservation, event=event)
         except BaseException:
             await self.quotas.release(reservation)
             raise
@@ -183,8 +185,10 @@ class ObjectService:
         before: Callable[[Connection], int] | None = None,
         keep_blob_on: tuple[type[BaseException], ...] = (),
         reservation: Reservation = NOTHING_HELD,
+        event: str = changes.EVENT_PUT,
     ) -> ObjectRecord:
-        """Point the key at ``blob_key``, and move the bucket's usage by what changes.
+        """Point the key at ``blob_key``, and move the bucket's usage by what changes, and
+        record the change (``event``) in the change log.
         ``before`` runs first in the same transaction (a multipart completion consumes its
         upload there) and returns the bytes of usage it freed. On failure the new blob is
         discarded, unless the exception is one of ``keep_blob_on`` (a retry may reuse it).
@@ -199,7 +203,7 @@ class ObjectService:
             "parts_count": len(parts) or None, "acl": attrs.acl,
         }
 
-        def unit(conn: Connection) -> tuple[int, str | None]:
+        def unit(conn: Connection) -> tuple[int, str | None, int]:
             repo.lock_bucket(conn, bucket.id)
             released = before(conn) if before is not None else 0
             current = repo.latest_object(conn, bucket.id, key)
@@ -218,13 +222,15 @@ class ObjectService:
                 object_id, old = current.id, current.blob_key
             if parts or (current is not None and current.parts_count):
                 repo.replace_object_parts(conn, object_id, parts)
-            return object_id, old
+            seq = changes.record(conn, bucket.id, bucket.name,
+                                 [changes.Entry(key, event, size, etag)], now)
+            return object_id, old, seq
 
         try:
             async with shielded():
                 for _attempt in range(_COMMIT_ATTEMPTS):
                     try:
-                        object_id, old_blob = await self.ctx.db.write(unit)
+                        object_id, old_blob, seq = await self.ctx.db.write(unit)
                         break
                     except (_Retry, IntegrityError):
                         if await self._bucket_gone(bucket):
@@ -237,6 +243,7 @@ class ObjectService:
         except BaseException:
             await self.ctx.discard_blob(blob_key)
             raise
+        self.ctx.hub.notify(seq)
         await self.ctx.discard_blob(old_blob)
         return ObjectRecord(
             id=object_id, bucket_id=bucket.id, key=key, version_id=NULL_VERSION, size=size,
@@ -299,7 +306,8 @@ class ObjectService:
                 return await self.commit_new_blob(
                     dst_b, dst_key, blob_key, conditions, size=src.size, etag=src.etag,
                     attrs=new_attrs, checksum=(src.checksum_algorithm, src.checksum_value),
-                    owner_id=principal.user_id, reservation=reservation)
+                    owner_id=principal.user_id, reservation=reservation,
+                    event=changes.EVENT_COPY)
             except BaseException:
                 await self.quotas.release(reservation)
                 raise
@@ -326,10 +334,11 @@ class ObjectService:
                             items: Sequence[tuple[str, str | None]]) -> list[DeleteOutcome]:
         """Deletes rows in one transaction, then their blobs. Missing keys are not errors."""
 
-        def unit(conn: Connection) -> tuple[list[DeleteOutcome], list[str]]:
+        def unit(conn: Connection) -> tuple[list[DeleteOutcome], list[str], int]:
             repo.lock_bucket(conn, bucket.id)
             outcomes: list[DeleteOutcome] = []
             blobs: list[str] = []
+            removed: list[changes.Entry] = []
             for key, version_id in items:
                 try:
                     validate_key(key)
@@ -343,20 +352,23 @@ class ObjectService:
                         raise _Retry
                     if not current.is_delete_marker:
                         repo.adjust_usage(conn, bucket.id, -current.size, -1)
+                        removed.append(changes.Entry(key, changes.EVENT_DELETE))
                     if current.blob_key:
                         blobs.append(current.blob_key)
                 outcomes.append(DeleteOutcome(key, version_id))
-            return outcomes, blobs
+            return outcomes, blobs, changes.record(conn, bucket.id, bucket.name, removed)
 
         async with shielded():
             for _attempt in range(_COMMIT_ATTEMPTS):
                 try:
-                    outcomes, blobs = await self.ctx.db.write(unit)
+                    outcomes, blobs, seq = await self.ctx.db.write(unit)
                     break
                 except _Retry:
                     continue
             else:
                 raise errors.ConditionalRequestConflict()
+            if seq:
+                self.ctx.hub.notify(seq)
             for blob in blobs:
                 await self.ctx.discard_blob(blob)
         return outcomes

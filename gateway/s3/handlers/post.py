@@ -15,6 +15,7 @@ from gateway.s3.form import FormReader, boundary_of
 from gateway.s3.handlers.common import xml_response
 from gateway.s3.request import S3Request
 from gateway.s3.xml import el
+from gateway.service import changes
 from gateway.types import Principal
 
 #: Form fields that describe the object (as request headers would).
@@ -74,7 +75,8 @@ async def post_object(req: S3Request) -> Response:
     body = DigestingStream(_limited(reader.file(), verified.content_length_range))
     # The file is smaller than the whole form: the quota holds the form's length.
     record = await req.gateway.objects.put(principal, req.bucket, verified.key, body, attrs,
-                                           size_bound=_request_length(req))
+                                           size_bound=_request_length(req),
+                                           event=changes.EVENT_POST)
 
     host = req.headers.get("host", "")
     location = f"{req.request.url.scheme}://{host}/{req.bucket}/{quote(verified.key)}"
