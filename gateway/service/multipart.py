@@ -32,6 +32,7 @@ from gateway.service.conditions import check_write
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.listing import successor
 from gateway.service.objects import ObjectRead, ObjectService, VerifiedBody, validate_key
+from gateway.service.packages import MalwareDetected, UnsupportedFileType
 from gateway.service.quota import Reservation
 from gateway.types import (
     ObjectAttributes,
@@ -122,6 +123,8 @@ class MultipartService:
                      checksum_type: str | None = None) -> UploadRecord:
         validate_key(key)
         bucket = await self.objects.bucket(principal, bucket_name, write=True, acl=attrs.acl)
+        await self.objects.packages.check_name_and_size(bucket.name, key, None, principal.name)
+        attrs = self.objects.packages.adjust_attrs(bucket.name, key, attrs)
         kind = checksum_type_for(checksum_algorithm, checksum_type)
         blob_key = self.ctx.new_blob_key(bucket.id, bucket.name, key)
         with backend_errors():
@@ -340,6 +343,8 @@ class MultipartService:
         try:
             chosen = self._check_parts(upload, requested, stored)
             self.objects.quotas.check_object_size(bucket, sum(p.size for p in chosen))
+            await self.objects.packages.check_name_and_size(
+                bucket.name, key, sum(p.size for p in chosen), principal.name)
             layout, etag, object_checksum = self._assemble(upload, chosen, expected_checksum)
         except errors.GatewayError:
             # Nothing has changed in the backend yet: the upload takes parts again.
@@ -365,6 +370,17 @@ class MultipartService:
                 raise _UploadGone  # aborted meanwhile: the abort has won
             return freed
 
+        try:
+            await self.objects.packages.inspect_blob(
+                bucket.name, key, completed.key, sum(p.size for p in chosen), principal.name)
+        except (UnsupportedFileType, MalwareDetected):
+            # Refused for what it holds: the upload is over, nothing of it is kept.
+            await self.ctx.discard_blob(completed.key)
+            await self._abort(upload)
+            raise
+        except BaseException:
+            await self.ctx.db.write(lambda conn: repo.set_upload_state(conn, upload_id, ACTIVE))
+            raise
         attrs = ObjectAttributes(content_type=upload.content_type,
                                  user_metadata=upload.user_metadata, headers=upload.headers,
                                  storage_class=upload.storage_class, acl=upload.acl)

@@ -29,6 +29,7 @@ from gateway.service import changes
 from gateway.service.conditions import check_copy_source, check_read, check_write, resolve_range
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.groups import caller_grants
+from gateway.service.packages import MalwareDetected, PackageService, UnsupportedFileType
 from gateway.service.quota import NOTHING_HELD, QuotaService, Reservation
 from gateway.types import (
     BucketRecord,
@@ -106,6 +107,7 @@ class ObjectService:
     def __init__(self, ctx: Context, quotas: QuotaService) -> None:
         self.ctx = ctx
         self.quotas = quotas
+        self.packages = PackageService(ctx)
 
     async def bucket(self, principal: Principal, name: str, *, write: bool,
                      acl: str = "private") -> BucketRecord:
@@ -142,21 +144,37 @@ class ObjectService:
         if size_hint is not None and size_hint > MAX_OBJECT_SIZE:
             raise errors.EntityTooLarge()
         bucket = await self.bucket(principal, bucket_name, write=True, acl=attrs.acl)
+        attrs = self.packages.adjust_attrs(bucket.name, key, attrs)
         hold = self.quotas.require_size(bucket, size_hint, bound=size_bound)
         if not conditions.empty:
             # Fail fast before taking the body; the commit checks again, atomically.
             current = await self.ctx.db.read(
                 lambda conn: repo.latest_object(conn, bucket.id, key))
             check_write(conditions, current)
-        reservation = await self.quotas.reserve(bucket, nbytes=hold, key=key)
+        inspection = await self.packages.precheck(bucket.name, key, size_hint, principal.name)
         try:
-            with backend_errors():
-                blob_key = (await self.ctx.backend.put(
-                    self.ctx.new_blob_key(bucket.id, bucket.name, key), body,
-                    size=size_hint)).key
+            reservation = await self.quotas.reserve(bucket, nbytes=hold, key=key)
+        except BaseException:
+            if inspection is not None:
+                await inspection.aclose()
+            raise
+        try:
+            try:
+                with backend_errors():
+                    blob_key = (await self.ctx.backend.put(
+                        self.ctx.new_blob_key(bucket.id, bucket.name, key),
+                        self.packages.wrap(body, inspection), size=size_hint)).key
+            except (UnsupportedFileType, MalwareDetected) as exc:
+                await self.packages.record_rejection(bucket.name, key, exc, principal.name)
+                raise
+            finally:
+                if inspection is not None:
+                    await inspection.aclose()
             if body.size != size_hint:
                 try:
                     self.quotas.check_object_size(bucket, body.size)
+                    await self.packages.check_name_and_size(bucket.name, key, body.size,
+                                                            principal.name)
                 except errors.GatewayError:
                     await self.ctx.discard_blob(blob_key)
                     raise
@@ -274,6 +292,7 @@ class ObjectService:
         _check_version(src_version)
         src_b = await self.bucket(principal, src_bucket, write=False)
         dst_b = await self.bucket(principal, dst_bucket, write=True, acl=attrs.acl)
+        attrs = self.packages.adjust_attrs(dst_b.name, dst_key, attrs)
         if src_b.id == dst_b.id and src_key == dst_key and not replace_metadata:
             raise errors.InvalidRequest(
                 "This copy request is illegal because it is trying to copy an object to "
@@ -285,6 +304,8 @@ class ObjectService:
                 raise errors.NoSuchKey(fields={"Key": src_key})
             check_copy_source(source_conditions, src.etag, src.last_modified)
             self.quotas.check_object_size(dst_b, src.size)
+            await self.packages.check_name_and_size(dst_b.name, dst_key, src.size,
+                                                    principal.name)
             reservation = await self.quotas.reserve(dst_b, nbytes=src.size, key=dst_key)
             try:
                 with backend_errors():
@@ -294,6 +315,13 @@ class ObjectService:
                 await self.quotas.release(reservation)
                 continue  # the source was overwritten meanwhile: read it again
             except BaseException:
+                await self.quotas.release(reservation)
+                raise
+            try:
+                await self.packages.inspect_blob(dst_b.name, dst_key, blob_key, src.size,
+                                                 principal.name)
+            except BaseException:
+                await self.ctx.discard_blob(blob_key)
                 await self.quotas.release(reservation)
                 raise
             # An ACL is never copied: the copy gets the one the request names.
