@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
@@ -29,7 +30,12 @@ from gateway.service import changes
 from gateway.service.conditions import check_copy_source, check_read, check_write, resolve_range
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.groups import caller_grants
-from gateway.service.packages import MalwareDetected, PackageService, UnsupportedFileType
+from gateway.service.packages import (
+    MalwareDetected,
+    PackageService,
+    UnsupportedFileType,
+    expired_temp_objects,
+)
 from gateway.service.quota import NOTHING_HELD, QuotaService, Reservation
 from gateway.types import (
     BucketRecord,
@@ -400,6 +406,28 @@ class ObjectService:
             for blob in blobs:
                 await self.ctx.discard_blob(blob)
         return outcomes
+
+    async def expire_package_temp(self, max_age_seconds: int) -> int:
+        """Delete what sits in a package's ``.gbdrive/temp/`` for longer than
+        ``max_age_seconds`` (recorded in the change log like any delete)."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=max_age_seconds)
+        count = 0
+        while True:
+            found = await self.ctx.db.read(
+                lambda conn: expired_temp_objects(conn, cutoff, 500))
+            by_bucket: dict[str, list[tuple[str, str | None]]] = {}
+            for bucket_name, key in found:
+                by_bucket.setdefault(bucket_name, []).append((key, None))
+            for bucket_name, items in by_bucket.items():
+                bucket = await self.ctx.db.read(partial(repo.bucket_by_name, name=bucket_name))
+                if bucket is not None:
+                    await self._delete_batch(bucket, items)
+                    count += len(items)
+            if len(found) < 500:
+                break
+        if count:
+            log.info("expired %d temporary package object(s)", count)
+        return count
 
     # -- reads -----------------------------------------------------------------------------
 
