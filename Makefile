@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 BROWSER_STAMP := $(VENV)/.installed-browser
+CLAMAV_STAMP := $(VENV)/.installed-clamav
 
 .PHONY: run test lint typecheck bench clean
 
@@ -38,11 +39,28 @@ $(BROWSER_STAMP): | $(BIN)/python
 	fi
 	@if command -v chromium >/dev/null 2>&1; then touch $@; fi
 
+# tests/test_scanning.py (and the upload-scanning tests) start Debian's clamd with a local
+# EICAR-only database (tests/_clamav.py): no freshclam, no network. Installed when missing
+# and root; otherwise those tests skip with the reason. The tests never use the package's
+# own clamd service or its database.
+$(CLAMAV_STAMP): | $(BIN)/python
+	@if ! [ -x /usr/sbin/clamd ] && ! command -v clamd >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing clamav-daemon (apt-get) for tests/test_scanning.py"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      clamav-daemon >/dev/null || exit 1; \
+	  else \
+	    echo "clamd missing (installing it needs root and apt-get):" \
+	      "the scanning tests will be skipped; apt-get install clamav-daemon"; \
+	  fi; \
+	fi
+	@if [ -x /usr/sbin/clamd ] || command -v clamd >/dev/null 2>&1; then touch $@; fi
+
 # Most tests wait on real server processes, so three workers fit two cores; a test module
 # stays on one worker (its fixtures and upstream servers are shared by its tests).
 PYTEST_WORKERS ?= 3
 
-test: $(TEST_STAMP) $(BROWSER_STAMP)
+test: $(TEST_STAMP) $(BROWSER_STAMP) $(CLAMAV_STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)

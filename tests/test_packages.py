@@ -17,7 +17,8 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from tests._server import GatewayProcess
+from tests import _postgres as postgres
+from tests._server import GatewayProcess, database_for
 from tests._server import cli_json as cli
 from tests.conftest import make_client
 
@@ -38,16 +39,22 @@ class Env:
         return httpx.Client(base_url=self.server.url + "/api/v1/storage",
                             headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
 
-    def rejections(self) -> list[tuple[str, str, str]]:
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        """Rows from the gateway's metadata database (SQLite or PostgreSQL)."""
+        url = database_for(self.server.data_dir)
+        if url:
+            return postgres.query(url, statement)
         with sqlite3.connect(self.server.data_dir / "gateway.db") as db:
-            return list(db.execute("SELECT bucket, key, reason FROM upload_rejections"
-                                   " ORDER BY id"))
+            return list(db.execute(statement))
+
+    def rejections(self) -> list[tuple[str, str, str]]:
+        return [(str(b), str(k), str(r)) for b, k, r in
+                self.sql("SELECT bucket, key, reason FROM upload_rejections ORDER BY id")]
 
     def usage(self, bucket: str) -> tuple[int, int]:
-        with sqlite3.connect(self.server.data_dir / "gateway.db") as db:
-            row = db.execute("SELECT used_bytes, used_objects FROM buckets WHERE name = ?",
-                             (bucket,)).fetchone()
-        return int(row[0]), int(row[1])
+        assert bucket.replace(".", "").isalnum()
+        row = self.sql(f"SELECT used_bytes, used_objects FROM buckets WHERE name = '{bucket}'")
+        return int(row[0][0]), int(row[0][1])
 
     def blobs(self) -> int:
         return sum(1 for p in (self.server.data_dir).rglob("*")

@@ -153,6 +153,14 @@ class MalwareDetected(errors.GatewayError):
     default_message = "The upload was refused: the malware scanner found a threat in it."
 
 
+class Unscannable(MalwareDetected):
+    """The scanner answered but could not vouch for the bytes (too large for its limits,
+    an archive it cannot open): refused, since an unscanned upload is not a clean one."""
+
+    code = "UnscannableContent"
+    default_message = "The upload was refused: the malware scanner could not scan it."
+
+
 def _rule(folder: str, spec: Mapping[str, Any]) -> FolderRule:
     exts = spec.get("extensions")
     if exts is not None:
@@ -258,6 +266,11 @@ class Inspection:
                 verdict = await self.session.finish()
             except Exception as exc:
                 raise _unavailable(exc) from None
+            if not verdict.clean and verdict.signature is None:
+                raise Unscannable(
+                    f"The upload was refused: the malware scanner could not scan it "
+                    f"({getattr(verdict, 'error', None) or 'no verdict'})",
+                    fields={"Key": self.key})
             if not verdict.clean:
                 raise MalwareDetected(
                     f"The upload was refused: {verdict.signature or 'a threat'} found",
@@ -402,7 +415,8 @@ class PackageService:
 
     async def record_rejection(self, bucket: str, key: str, exc: BaseException,
                                principal: str | None) -> None:
-        reason = ("infected" if isinstance(exc, MalwareDetected)
+        reason = ("unscannable" if isinstance(exc, Unscannable)
+                  else "infected" if isinstance(exc, MalwareDetected)
                   else "size" if isinstance(exc, errors.EntityTooLarge) else "type")
         if reason == "infected":
             log.warning("refused an upload to %s/%s: %s", bucket, key, exc)
