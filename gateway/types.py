@@ -18,10 +18,13 @@ class Principal:
     access_key: str | None = None
     #: The groups the user belongs to (their grants apply too).
     group_ids: tuple[int, ...] = ()
+    #: Set when the access key is scoped to one bucket (a bot's package key): the request
+    #: reaches that bucket alone, and never with administrator powers.
+    bucket_scope: str | None = None
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == "admin" and self.bucket_scope is None
 
     @property
     def is_anonymous(self) -> bool:

@@ -6,6 +6,11 @@ objects, copy from it), ``write`` (read, plus put, delete, copy into, multipart)
 ``full`` (write, plus the bucket's ACL, CORS configuration and grants, and object ACLs).
 Deleting a bucket stays its owner's (and admins').
 
+A *bucket-scoped* access key (``Principal.bucket_scope``, a bot's package key) reaches its
+one bucket and nothing else, whatever its user may do otherwise: every other bucket is
+AccessDenied (public ones too), and so are the bucket-administration operations (ACLs, CORS,
+grants, deleting the bucket), even on its own bucket.
+
 Anonymous callers only *read*, and only what a canned ACL made public. A bucket's
 ``public-read`` lets anyone list it and read its objects (what users of MinIO's "download"
 policy and of a public bucket expect); an object's ``public-read`` opens that object alone.
@@ -49,15 +54,24 @@ def validate_permission(value: str) -> str:
     return value
 
 
+def in_scope(principal: Principal, bucket: BucketRecord) -> bool:
+    """Whether the caller's access key may reach the bucket at all (unscoped keys reach
+    every bucket; a scoped key its own)."""
+    return principal.bucket_scope is None or principal.bucket_scope == bucket.name
+
+
 def is_owner(principal: Principal, bucket: BucketRecord) -> bool:
+    if not in_scope(principal, bucket):
+        return False
     return principal.is_admin or (not principal.is_anonymous
                                   and bucket.owner_id == principal.user_id)
 
 
 def needs_grants(principal: Principal, bucket: BucketRecord) -> bool:
     """Whether the caller's grants on the bucket can change a decision (not for owners,
-    admins or anonymous callers)."""
-    return not principal.is_anonymous and not is_owner(principal, bucket)
+    admins, anonymous callers or keys scoped to another bucket)."""
+    return (not principal.is_anonymous and in_scope(principal, bucket)
+            and not is_owner(principal, bucket))
 
 
 def holds(grants: Collection[str], needed: str) -> bool:
@@ -73,6 +87,8 @@ def opens_access(acl: str) -> bool:
 
 def require_bucket_access(principal: Principal, bucket: BucketRecord, *, write: bool,
                           grants: Collection[str] = NO_GRANTS) -> None:
+    if not in_scope(principal, bucket):
+        raise AccessDenied()
     if is_owner(principal, bucket) or (not write and bucket.acl in PUBLIC_READ):
         return
     if not principal.is_anonymous and holds(grants, WRITE if write else READ):
@@ -82,20 +98,25 @@ def require_bucket_access(principal: Principal, bucket: BucketRecord, *, write: 
 
 def require_full(principal: Principal, bucket: BucketRecord,
                  grants: Collection[str] = NO_GRANTS) -> None:
-    """The bucket's ACL, CORS rules, grants and its objects' ACLs: owner, admins, ``full``."""
+    """The bucket's ACL, CORS rules, grants and its objects' ACLs: owner, admins, ``full``
+    (never a scoped key)."""
+    if principal.bucket_scope is not None:
+        raise AccessDenied()
     if is_owner(principal, bucket) or (not principal.is_anonymous and holds(grants, FULL)):
         return
     raise AccessDenied()
 
 
 def require_owner(principal: Principal, bucket: BucketRecord) -> None:
-    """What no grant gives: deleting the bucket."""
-    if not is_owner(principal, bucket):
+    """What no grant gives: deleting the bucket (nor does a scoped key)."""
+    if principal.bucket_scope is not None or not is_owner(principal, bucket):
         raise AccessDenied()
 
 
 def may_read_object(principal: Principal, bucket: BucketRecord,
                     obj: ObjectRecord | None, grants: Collection[str] = NO_GRANTS) -> bool:
+    if not in_scope(principal, bucket):
+        return False
     if is_owner(principal, bucket) or bucket.acl in PUBLIC_READ:
         return True
     if obj is not None and obj.acl in PUBLIC_READ:

@@ -961,3 +961,364 @@ def lock_bucket(conn: Connection, bucket_id: int) -> None:
     unit that moves a bucket's counters and touches its objects or uploads takes the locks
     in this order, so two of them never wait for each other (a deadlock)."""
     conn.execute(select(buckets.c.id).where(buckets.c.id == bucket_id).with_for_update())
+
+
+# == the bot platform: scoped keys, customers, bots, bot users, conversations =============
+# (kept together at the end: gateway.service.bots)
+
+from gateway.metadata.models import (  # noqa: E402
+    bot_admins,
+    bot_users,
+    bots,
+    change_counter,
+    conversation_bots,
+    conversation_members,
+    conversations,
+    customers,
+)
+
+_PRINCIPAL_AND_SCOPE_FOR_KEY = (
+    select(users.c.id, users.c.name, users.c.role, access_keys.c.secret,
+           access_keys.c.bucket_scope)
+    .select_from(access_keys.join(users, users.c.id == access_keys.c.user_id))
+    .where(access_keys.c.access_key == bindparam("access_key"),
+           access_keys.c.enabled.is_(True), users.c.disabled.is_(False))
+)
+
+
+def principal_and_scope_for_access_key(
+    conn: Connection, access_key: str
+) -> tuple[Principal, str] | None:
+    """The user behind an enabled access key (with the key's bucket scope), and the key's
+    secret."""
+    row = conn.execute(_PRINCIPAL_AND_SCOPE_FOR_KEY, {"access_key": access_key}).first()
+    if row is None:
+        return None
+    return Principal(row.id, row.name, row.role, access_key,
+                     bucket_scope=row.bucket_scope), row.secret
+
+
+def insert_scoped_access_key(conn: Connection, access_key: str, user_id: int, secret: str,
+                             now: datetime, bucket_scope: str | None) -> None:
+    conn.execute(insert(access_keys).values(
+        access_key=access_key, user_id=user_id, secret=secret, enabled=True, created_at=now,
+        bucket_scope=bucket_scope))
+
+
+def oldest_unscoped_key(conn: Connection, user_id: int) -> tuple[str, str] | None:
+    """(access key, sealed secret) of a user's oldest enabled key that reaches every bucket
+    (a bot's package key would sign URLs for its bucket alone)."""
+    row = conn.execute(
+        select(access_keys.c.access_key, access_keys.c.secret)
+        .where(access_keys.c.user_id == user_id, access_keys.c.enabled.is_(True),
+               access_keys.c.bucket_scope.is_(None))
+        .order_by(access_keys.c.created_at, access_keys.c.access_key).limit(1)).first()
+    return (str(row.access_key), str(row.secret)) if row else None
+
+
+def current_change_seq(conn: Connection) -> int:
+    """The last change-log sequence number handed out (0 before any)."""
+    value = conn.execute(select(change_counter.c.value)
+                         .where(change_counter.c.id == 1)).scalar()
+    return int(value or 0)
+
+
+def _ordered_page(conn: Connection, stmt: Any, where: Sequence[Any], order: Any,
+                  tiebreak: Any, descending: bool, limit: int, offset: int
+                  ) -> tuple[list[Any], int]:
+    """One page of ``stmt`` (rows in ``order``, then ``tiebreak``) and the total count."""
+    total = int(conn.execute(select(func.count()).select_from(
+        stmt.where(*where).subquery())).scalar_one())
+    ordering = [order.desc() if descending else order.asc(),
+                tiebreak.desc() if descending else tiebreak.asc()]
+    rows = conn.execute(stmt.where(*where).order_by(*ordering)
+                        .limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+# -- customers -------------------------------------------------------------------------------
+
+
+def customer_by_id(conn: Connection, customer_id: str) -> Row[Any] | None:
+    return conn.execute(select(customers).where(customers.c.id == customer_id)).first()
+
+
+def customer_by_user(conn: Connection, user_id: int) -> Row[Any] | None:
+    return conn.execute(select(customers).where(customers.c.user_id == user_id)).first()
+
+
+def insert_customer(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(customers).values(**values))
+
+
+def update_customer(conn: Connection, customer_id: str, values: dict[str, Any]) -> bool:
+    result = conn.execute(update(customers).where(customers.c.id == customer_id)
+                          .values(**values))
+    return result.rowcount == 1
+
+
+def bot_ids_of_customer(conn: Connection, customer_id: str) -> list[str]:
+    return list(conn.execute(select(bots.c.id).where(bots.c.customer_id == customer_id)
+                             .order_by(bots.c.created_at, bots.c.id)).scalars())
+
+
+# -- bots ------------------------------------------------------------------------------------
+
+BOT_SORT_COLUMNS = {"id": bots.c.id, "name": bots.c.name, "createdAt": bots.c.created_at,
+                    "state": bots.c.state, "customerId": bots.c.customer_id,
+                    "error_count": bots.c.error_count}
+BOT_FILTER_COLUMNS = {"id": bots.c.id, "name": bots.c.name, "state": bots.c.state,
+                      "customerId": bots.c.customer_id, "bucket": bots.c.bucket,
+                      "url": bots.c.url}
+
+
+def bot_by_id(conn: Connection, bot_id: str) -> Row[Any] | None:
+    return conn.execute(select(bots).where(bots.c.id == bot_id)).first()
+
+
+def bot_by_name(conn: Connection, name: str) -> Row[Any] | None:
+    return conn.execute(select(bots).where(bots.c.name == name)).first()
+
+
+def bot_by_bucket(conn: Connection, bucket: str) -> Row[Any] | None:
+    return conn.execute(select(bots).where(bots.c.bucket == bucket)).first()
+
+
+def insert_bot(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(bots).values(**values))
+
+
+def update_bot(conn: Connection, bot_id: str, values: dict[str, Any]) -> bool:
+    result = conn.execute(update(bots).where(bots.c.id == bot_id).values(**values))
+    return result.rowcount == 1
+
+
+def delete_bot(conn: Connection, bot_id: str) -> bool:
+    """The bot with its admins, users and conversation links (no cascade on SQLite)."""
+    conn.execute(delete(bot_admins).where(bot_admins.c.bot_id == bot_id))
+    conn.execute(delete(bot_users).where(bot_users.c.bot_id == bot_id))
+    conn.execute(delete(conversation_bots).where(conversation_bots.c.bot_id == bot_id))
+    return conn.execute(delete(bots).where(bots.c.id == bot_id)).rowcount == 1
+
+
+def list_bots(conn: Connection, *, visible_to: str | None, everyone: bool,
+              filters: dict[str, Any], sort: str, descending: bool, limit: int,
+              offset: int) -> tuple[list[Any], int]:
+    """A page of bots: all of them (``everyone``), else those the customer ``visible_to``
+    owns or administers (none without a customer)."""
+    where: list[Any] = [BOT_FILTER_COLUMNS[name] == value for name, value in filters.items()]
+    if not everyone:
+        administered = select(bot_admins.c.bot_id).where(bot_admins.c.customer_id == visible_to)
+        where.append(or_(bots.c.customer_id == visible_to, bots.c.id.in_(administered)))
+    return _ordered_page(conn, select(bots), where, BOT_SORT_COLUMNS[sort], bots.c.id,
+                         descending, limit, offset)
+
+
+def all_bots(conn: Connection) -> list[Any]:
+    return list(conn.execute(select(bots).order_by(bots.c.name)).all())
+
+
+def bot_admin_ids(conn: Connection, bot_ids: Sequence[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {bot_id: [] for bot_id in bot_ids}
+    if bot_ids:
+        for bot_id, customer_id in conn.execute(
+                select(bot_admins.c.bot_id, bot_admins.c.customer_id)
+                .where(bot_admins.c.bot_id.in_(list(bot_ids)))
+                .order_by(bot_admins.c.customer_id)).all():
+            found[bot_id].append(customer_id)
+    return found
+
+
+def bot_user_ids(conn: Connection, bot_ids: Sequence[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {bot_id: [] for bot_id in bot_ids}
+    if bot_ids:
+        for bot_id, user_id in conn.execute(
+                select(bot_users.c.bot_id, bot_users.c.id)
+                .where(bot_users.c.bot_id.in_(list(bot_ids)))
+                .order_by(bot_users.c.created_at, bot_users.c.id)).all():
+            found[bot_id].append(user_id)
+    return found
+
+
+def is_bot_admin(conn: Connection, bot_id: str, customer_id: str) -> bool:
+    stmt = select(exists().where(bot_admins.c.bot_id == bot_id,
+                                 bot_admins.c.customer_id == customer_id))
+    return bool(conn.execute(stmt).scalar())
+
+
+def add_bot_admin(conn: Connection, bot_id: str, customer_id: str) -> bool:
+    """False when the customer administered the bot already."""
+    if is_bot_admin(conn, bot_id, customer_id):
+        return False
+    conn.execute(insert(bot_admins).values(bot_id=bot_id, customer_id=customer_id))
+    return True
+
+
+def webhook_bots(conn: Connection, bucket: str | None = None) -> list[Any]:
+    """Enabled bots with a webhook URL (one package bucket's, when named)."""
+    stmt = select(bots).where(bots.c.state == 1, bots.c.url.is_not(None),
+                              bots.c.bucket.is_not(None))
+    if bucket is not None:
+        stmt = stmt.where(bots.c.bucket == bucket)
+    return list(conn.execute(stmt.order_by(bots.c.name)).all())
+
+
+# -- bot users (a bot's chat recipients) ------------------------------------------------------
+
+BOT_USER_SORT_COLUMNS = {"id": bot_users.c.id, "createdAt": bot_users.c.created_at,
+                         "externalId": bot_users.c.external_id,
+                         "botStatus": bot_users.c.bot_status}
+BOT_USER_FILTER_COLUMNS = {"id": bot_users.c.id, "externalId": bot_users.c.external_id,
+                           "botStatus": bot_users.c.bot_status,
+                           "customerId": bot_users.c.customer_id}
+
+
+def insert_bot_user(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(insert(bot_users).values(**values))
+
+
+def bot_user(conn: Connection, bot_id: str, user_id: str) -> Row[Any] | None:
+    return conn.execute(select(bot_users).where(bot_users.c.id == user_id,
+                                                bot_users.c.bot_id == bot_id)).first()
+
+
+def bot_users_by_ids(conn: Connection, bot_id: str, user_ids: Sequence[str]) -> list[Any]:
+    return list(conn.execute(select(bot_users).where(
+        bot_users.c.bot_id == bot_id, bot_users.c.id.in_(list(user_ids)))).all())
+
+
+def bot_user_by_external_id(conn: Connection, bot_id: str, external_id: str
+                            ) -> Row[Any] | None:
+    return conn.execute(select(bot_users).where(
+        bot_users.c.bot_id == bot_id, bot_users.c.external_id == external_id)
+        .order_by(bot_users.c.created_at).limit(1)).first()
+
+
+def update_bot_user(conn: Connection, user_id: str, values: dict[str, Any]) -> None:
+    conn.execute(update(bot_users).where(bot_users.c.id == user_id).values(**values))
+
+
+def list_bot_users(conn: Connection, bot_id: str, *, filters: dict[str, Any], sort: str,
+                   descending: bool, limit: int, offset: int) -> tuple[list[Any], int]:
+    where = [bot_users.c.bot_id == bot_id,
+             *(BOT_USER_FILTER_COLUMNS[name] == value for name, value in filters.items())]
+    return _ordered_page(conn, select(bot_users), where, BOT_USER_SORT_COLUMNS[sort],
+                         bot_users.c.id, descending, limit, offset)
+
+
+# -- conversations ---------------------------------------------------------------------------
+
+
+def insert_conversation(conn: Connection, values: dict[str, Any],
+                        members: Sequence[tuple[int, str]]) -> None:
+    conn.execute(insert(conversations).values(**values))
+    conn.execute(insert(conversation_members), [
+        {"conversation_id": values["id"], "user_id": user_id, "role": role}
+        for user_id, role in members])
+
+
+def conversation_by_id(conn: Connection, conversation_id: str) -> Row[Any] | None:
+    return conn.execute(select(conversations)
+                        .where(conversations.c.id == conversation_id)).first()
+
+
+def conversation_members_of(conn: Connection, conversation_ids: Sequence[str]
+                            ) -> dict[str, list[Any]]:
+    """Each conversation's members (``user_id``, ``name``, ``role``), by user name."""
+    found: dict[str, list[Any]] = {cid: [] for cid in conversation_ids}
+    if conversation_ids:
+        m = conversation_members.c
+        for row in conn.execute(
+                select(m.conversation_id, m.user_id, m.role, users.c.name)
+                .select_from(conversation_members.join(users, users.c.id == m.user_id))
+                .where(m.conversation_id.in_(list(conversation_ids)))
+                .order_by(users.c.name)).all():
+            found[row.conversation_id].append(row)
+    return found
+
+
+def conversation_bot_ids(conn: Connection, conversation_ids: Sequence[str]
+                         ) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {cid: [] for cid in conversation_ids}
+    if conversation_ids:
+        c = conversation_bots.c
+        for cid, bot_id in conn.execute(
+                select(c.conversation_id, c.bot_id)
+                .where(c.conversation_id.in_(list(conversation_ids)))
+                .order_by(c.created_at, c.bot_id)).all():
+            found[cid].append(bot_id)
+    return found
+
+
+def conversations_of_user(conn: Connection, user_id: int) -> list[Any]:
+    m = conversation_members.c
+    return list(conn.execute(
+        select(conversations, m.role.label("member_role"))
+        .select_from(conversations.join(conversation_members,
+                                        m.conversation_id == conversations.c.id))
+        .where(m.user_id == user_id).order_by(conversations.c.created_at)).all())
+
+
+def member_role(conn: Connection, conversation_id: str, user_id: int) -> str | None:
+    m = conversation_members.c
+    role = conn.execute(select(m.role).where(m.conversation_id == conversation_id,
+                                             m.user_id == user_id)).scalar()
+    return str(role) if role is not None else None
+
+
+def set_member(conn: Connection, conversation_id: str, user_id: int, role: str) -> bool:
+    """Add a member or change their role; True when they were added."""
+    m = conversation_members.c
+    changed = conn.execute(update(conversation_members).where(
+        m.conversation_id == conversation_id, m.user_id == user_id).values(role=role))
+    if changed.rowcount == 1:
+        return False
+    conn.execute(insert(conversation_members).values(
+        conversation_id=conversation_id, user_id=user_id, role=role))
+    return True
+
+
+def remove_member(conn: Connection, conversation_id: str, user_id: int) -> bool:
+    m = conversation_members.c
+    result = conn.execute(delete(conversation_members).where(
+        m.conversation_id == conversation_id, m.user_id == user_id))
+    return result.rowcount == 1
+
+
+def enable_conversation_bot(conn: Connection, conversation_id: str, bot_id: str,
+                            now: datetime) -> bool:
+    """False when the bot was enabled in the conversation already."""
+    c = conversation_bots.c
+    present = conn.execute(select(c.bot_id).where(c.conversation_id == conversation_id,
+                                                  c.bot_id == bot_id)).first()
+    if present is not None:
+        return False
+    conn.execute(insert(conversation_bots).values(conversation_id=conversation_id,
+                                                  bot_id=bot_id, created_at=now))
+    return True
+
+
+def disable_conversation_bot(conn: Connection, conversation_id: str, bot_id: str) -> bool:
+    c = conversation_bots.c
+    result = conn.execute(delete(conversation_bots).where(c.conversation_id == conversation_id,
+                                                          c.bot_id == bot_id))
+    return result.rowcount == 1
+
+
+def record_bot_delivery(conn: Connection, bot_id: str, delivered_seq: int) -> bool:
+    """Webhook delivery succeeded up to ``delivered_seq``: the cursor moves forward only,
+    and the error streak ends."""
+    result = conn.execute(update(bots).where(bots.c.id == bot_id).values(
+        delivered_seq=func.max(bots.c.delivered_seq, delivered_seq)
+        if conn.dialect.name == "sqlite" else func.greatest(bots.c.delivered_seq,
+                                                            delivered_seq),
+        error_count=0, next_attempt_at=None))
+    return result.rowcount == 1
+
+
+def record_bot_failure(conn: Connection, bot_id: str, message: str, now: datetime,
+                       next_attempt_at: datetime | None) -> bool:
+    result = conn.execute(update(bots).where(bots.c.id == bot_id).values(
+        error_count=bots.c.error_count + 1, last_error_date=now,
+        last_error_message=message, next_attempt_at=next_attempt_at))
+    return result.rowcount == 1

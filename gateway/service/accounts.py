@@ -45,7 +45,7 @@ def generate_secret_key() -> str:
 
 def _principal_with_groups(conn: Connection, access_key: str
                            ) -> tuple[Principal, str] | None:
-    found = repo.principal_for_access_key(conn, access_key)
+    found = repo.principal_and_scope_for_access_key(conn, access_key)
     if found is None:
         return None
     principal, stored = found
@@ -171,9 +171,10 @@ class AccountService:
         self._cache.clear()
 
     async def create_key(self, user_name: str, access_key: str | None = None,
-                         secret_key: str | None = None) -> tuple[str, str]:
+                         secret_key: str | None = None, *,
+                         bucket_scope: str | None = None) -> tuple[str, str]:
         """A new S3 key for a user; known keys can be imported. The secret is returned
-        once and stored encrypted."""
+        once and stored encrypted. ``bucket_scope``: the key reaches that bucket alone."""
         access = access_key or generate_access_key()
         secret = secret_key or generate_secret_key()
         if not 3 <= len(access) <= 128 or "/" in access or not access.isprintable():
@@ -186,7 +187,8 @@ class AccountService:
             user = repo.user_by_name(conn, user_name)
             if user is None:
                 raise NotFound(f"no user {user_name!r}")
-            repo.insert_access_key(conn, access, int(user.id), self.box.seal(secret), now)
+            repo.insert_scoped_access_key(conn, access, int(user.id), self.box.seal(secret),
+                                          now, bucket_scope)
 
         try:
             await self.ctx.db.write(unit)
@@ -246,9 +248,9 @@ class AccountService:
         self._cache.pop(access_key, None)
 
     async def signing_credentials(self, user_id: int) -> tuple[str, str] | None:
-        """One enabled S3 key of the user (the oldest) and its secret, to presign URLs for
-        them; None when they have none."""
-        found = await self.ctx.db.read(lambda conn: repo.oldest_enabled_key(conn, user_id))
+        """One enabled S3 key of the user (the oldest that is not scoped to one bucket) and
+        its secret, to presign URLs for them; None when they have none."""
+        found = await self.ctx.db.read(lambda conn: repo.oldest_unscoped_key(conn, user_id))
         if found is None:
             return None
         return found[0], self.box.open(found[1])

@@ -51,7 +51,7 @@ class BucketService:
 
     async def create(self, principal: Principal, name: str, location: str | None = None,
                      acl: str = "private") -> BucketRecord:
-        if principal.is_anonymous:
+        if principal.is_anonymous or principal.bucket_scope is not None:
             raise errors.AccessDenied()
         validate_bucket_name(name)
         region = location or self.ctx.settings.region
@@ -122,5 +122,8 @@ class BucketService:
         if principal.is_admin:
             return await self.ctx.db.read(lambda conn: repo.list_buckets(conn, None))
         # Owned buckets, and those shared with the caller or one of their groups.
-        return await self.ctx.db.read(
+        visible = await self.ctx.db.read(
             lambda conn: repo.list_buckets_visible(conn, principal.user_id))
+        if principal.bucket_scope is not None:  # a bot's package key sees its bucket alone
+            return [b for b in visible if b.name == principal.bucket_scope]
+        return visible

@@ -52,7 +52,8 @@ class SessionService:
         principal, secret = await self.accounts.lookup(access_key)
         expected = (secret or secrets.token_urlsafe(30)).encode()
         ok = hmac.compare_digest(expected, secret_key.encode())
-        if not ok or principal is None or secret is None:
+        # A bucket-scoped key (a bot's package key) must not open a session for its user.
+        if not ok or principal is None or secret is None or principal.bucket_scope:
             log.info("failed key login")
             return None
         return await self._open(principal.user_id)
