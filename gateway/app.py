@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from gateway.api import build_api
+from gateway.api.ws import ChangeSocket
 from gateway.core import Gateway
 from gateway.metadata.db import Database
 from gateway.ratelimit import RateLimits
@@ -66,8 +67,11 @@ class GatewayApp:
         #: pattern (``.*`` then ``$``) does not match across a line feed (``%0A``, legal in
         #: an S3 key).
         self.api = build_api(self)
+        #: ``/ws``: the change log, live (WebSocket scopes all come to ``self.own``).
+        self.ws = ChangeSocket()
         self.own = Starlette(
-            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz)],
+            routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz),
+                    WebSocketRoute("/ws", self.ws.endpoint)],
             lifespan=self.lifespan,
         )
 
@@ -108,7 +112,10 @@ class GatewayApp:
         self.gateway = self.s3.gateway = gateway
         await gateway.quotas.register()
         tasks = [asyncio.create_task(self._gc_loop(gateway)),
-                 asyncio.create_task(self._heartbeat_loop(gateway))]
+                 asyncio.create_task(self._heartbeat_loop(gateway)),
+                 # Webhook delivery, on the instance holding its lease (released at stop).
+                 asyncio.create_task(gateway.webhooks.run()),
+                 self.ws.start(gateway)]
         try:
             yield
         finally:
@@ -117,6 +124,7 @@ class GatewayApp:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            self.ws.stop()
             self.s3.gateway = None
             self.rate_limits = self.s3.rate_limits = None
             await rate_limits.aclose()
@@ -127,12 +135,14 @@ class GatewayApp:
         """Housekeeping: expire abandoned multipart uploads, collect blobs, purge sessions;
         on one instance at a time (see ``gateway.service.jobs``)."""
         settings = gateway.settings
-        period = min(settings.housekeeping_seconds, settings.multipart_expiry_seconds)
+        period = min(settings.housekeeping_seconds, settings.multipart_expiry_seconds,
+                     settings.temp_expiry_seconds)
 
         async def housekeeping() -> None:
             await gateway.multipart.expire(settings.multipart_expiry_seconds)
             await collect_garbage(gateway.ctx)
             await gateway.sessions.purge_expired()
+            await gateway.objects.expire_package_temp(settings.temp_expiry_seconds)
 
         while True:
             try:

@@ -7,15 +7,18 @@ from dataclasses import dataclass
 from gateway.auth.credentials import SecretBox
 from gateway.metadata.db import Database
 from gateway.service.accounts import AccountService
+from gateway.service.bots import BotService
 from gateway.service.buckets import BucketService
 from gateway.service.context import Context
 from gateway.service.groups import GroupService
 from gateway.service.jobs import Jobs
 from gateway.service.multipart import MultipartService
 from gateway.service.objects import ObjectService
+from gateway.service.packages import PackageService
 from gateway.service.quota import QuotaService
 from gateway.service.sessions import SessionService
 from gateway.service.tokens import TokenService
+from gateway.service.webhooks import WebhookDispatcher
 from gateway.settings import Settings
 from storage_backends import Backend
 
@@ -32,10 +35,18 @@ class Gateway:
     groups: GroupService
     tokens: TokenService
     jobs: Jobs
+    webhooks: WebhookDispatcher
+    #: Customers, bots, their users, conversations (``bots.conversations``).
+    bots: BotService
 
     @property
     def settings(self) -> Settings:
         return self.ctx.settings
+
+    @property
+    def packages(self) -> PackageService:
+        """Bot-package folder rules and upload inspection (owned by the object service)."""
+        return self.objects.packages
 
     @classmethod
     def build(cls, settings: Settings, db: Database, backend: Backend) -> Gateway:
@@ -45,7 +56,11 @@ class Gateway:
         multipart = MultipartService(ctx, objects)
         box = SecretBox.load(settings.secret_key, settings.data_dir)
         accounts = AccountService(ctx, box)
+        jobs = Jobs(ctx, quotas.instance_id)
         return cls(ctx, accounts, BucketService(ctx, multipart), objects,
                    multipart, quotas, sessions=SessionService(ctx, accounts),
                    groups=GroupService(ctx, accounts.invalidate),
-                   tokens=TokenService(ctx), jobs=Jobs(ctx, quotas.instance_id))
+                   tokens=TokenService(ctx), jobs=jobs,
+                   webhooks=WebhookDispatcher(ctx, jobs, box),
+                   bots=BotService(ctx, accounts, BucketService(ctx, multipart), objects,
+                                   quotas))

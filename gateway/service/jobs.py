@@ -13,9 +13,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.metadata import repo
+from gateway.metadata.models import job_leases
 from gateway.service.context import Context
 
 log = logging.getLogger("gateway.jobs")
@@ -43,3 +45,13 @@ class Jobs:
         await self.ctx.db.write(
             lambda conn: repo.job_ran(conn, name, self.instance_id, datetime.now(UTC)))
         return True
+
+    async def release(self, name: str) -> None:
+        """Give up the lease on ``name`` if this instance holds it, so that another
+        instance takes the job over at its next claim rather than when the lease expires
+        (a long-running job's holder calls this when it stops)."""
+        now = datetime.now(UTC)
+        await self.ctx.db.write(lambda conn: conn.execute(
+            update(job_leases).where(job_leases.c.name == name,
+                                     job_leases.c.owner == self.instance_id)
+            .values(lease_until=now)))

@@ -1,0 +1,438 @@
+"""Webhook delivery against a real gateway process and real HTTP receivers: every change in
+a bot's bucket reaches its URL once per POST, in order, signed with the bot's secret; a
+failing receiver is retried with backoff and counted in the bots table, loses nothing when
+it recovers, and blocks no other bot; a restart resumes from ``delivered_seq``; the change
+log's purge keeps a bot's backlog."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from gateway.metadata.db import Database
+from gateway.metadata.models import bots, change_counter, changes
+from tests import _postgres
+from tests._server import GatewayProcess, cli_json, database_for, free_port
+
+#: Short, so that retries and the purge are seen within seconds.
+TIMEOUT_S, MAX_BACKOFF_S, RETENTION_S = 2, 2, 2
+
+
+# -- a receiver ------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    @property
+    def event(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.body)
+        return parsed
+
+
+class Receiver:
+    """A webhook receiver on its own port that records every POST. ``mode``: ``ok`` (204),
+    ``fail`` (500 with a body), ``redirect`` (302), ``slow`` (answers after the gateway's
+    timeout). ``stop()`` closes the port (connections are refused), ``start()`` reopens it."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.mode = "ok"
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def start(self) -> Receiver:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                mode = owner.mode
+                with owner._lock:
+                    owner.received.append(Received(
+                        {k.lower(): v for k, v in self.headers.items()}, body, time.time()))
+                if mode == "slow":
+                    time.sleep(TIMEOUT_S + 1.5)
+                if mode == "fail":
+                    self._answer(500, b"boom: the receiver is broken\n" + b"x" * 500)
+                elif mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:
+                    self._answer(204, b"")
+
+            def _answer(self, status: int, body: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the gateway gave up waiting
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self._server = server
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def events(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r.event for r in self.received]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.received.clear()
+
+
+# -- the gateway -----------------------------------------------------------------------------
+
+
+def in_db(data: Path, unit: Callable[[Connection], Any]) -> Any:
+    """Run ``unit`` in one transaction on the gateway's metadata database."""
+    url = database_for(data) or f"sqlite+aiosqlite:///{(data / 'gateway.db').resolve()}"
+
+    async def go() -> Any:
+        db = Database(url)
+        await db.start()
+        try:
+            return await db.write(unit)
+        finally:
+            await db.aclose()
+
+    return _postgres.run(go)
+
+
+def admin_view(env: Env, bot_id: str) -> dict[str, Any]:
+    """The bot as ``GET /api/v1/bot/admin`` shows it (the Talk bots reference's shape)."""
+    listed = httpx.get(env.server.url + "/api/v1/bot/admin", params={"limit": 100},
+                       headers={"Authorization": f"Bearer {env.admin_token}"}, timeout=30)
+    assert listed.status_code == 200, listed.text
+    found: dict[str, Any] = next(b for b in listed.json()["data"] if b["id"] == bot_id)
+    return found
+
+
+def bot_row(data: Path, bot_id: str) -> Any:
+    return in_db(data, lambda conn: conn.execute(
+        select(bots).where(bots.c.id == bot_id)).one())
+
+
+@dataclass
+class Bot:
+    id: str
+    bucket: str
+    secret: str
+    receiver: Receiver
+
+
+@dataclass
+class Env:
+    server: GatewayProcess
+    token: str  # alice's API token
+    admin_token: str  # the administrator's (for GET /api/v1/bot/admin)
+    s3: Any  # alice's S3 client
+    receivers: list[Receiver]
+
+    @property
+    def data(self) -> Path:
+        return self.server.data_dir
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.server.url + "/api/v1", timeout=30,
+                            headers={"Authorization": f"Bearer {self.token}"})
+
+    def receiver(self) -> Receiver:
+        made = Receiver().start()
+        self.receivers.append(made)
+        return made
+
+    def bot(self, receiver: Receiver) -> Bot:
+        """A new bot of alice's (``POST /api/v1/bots``) whose webhook is ``receiver``."""
+        with self.api() as api:
+            made = api.post("/bots", json={"name": f"wh-{uuid.uuid4().hex[:10]}",
+                                           "url": receiver.url})
+        assert made.status_code == 201, made.text
+        data = made.json()["data"]
+        return Bot(data["id"], data["bucket"], data["secret"], receiver)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    server = GatewayProcess(tmp_path_factory.mktemp("webhooks") / "data", env_extra={
+        "GATEWAY_WEBHOOK_TIMEOUT": str(TIMEOUT_S),
+        "GATEWAY_WEBHOOK_MAX_BACKOFF": str(MAX_BACKOFF_S),
+        "GATEWAY_CHANGE_RETENTION": str(RETENTION_S),
+    }).start()
+    receivers: list[Receiver] = []
+    try:
+        data = server.data_dir
+        cli_json(data, "user", "add", "alice")
+        keys = cli_json(data, "key", "create", "--user", "alice")
+        token = cli_json(data, "token", "create", "--user", "alice", "--name", "t",
+                         "--permission=storage:read", "--permission=storage:write",
+                         "--permission=bots:read", "--permission=bots:write")["token"]
+        s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
+                          aws_access_key_id=keys["access_key"],
+                          aws_secret_access_key=keys["secret_key"])
+        admin_token = cli_json(data, "token", "create", "--user", "admin", "--name", "a",
+                               "--permission=admin")["token"]
+        yield Env(server, token, admin_token, s3, receivers)
+    finally:
+        server.stop()
+        for receiver in receivers:
+            receiver.stop()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def put(env: Env, bucket: str, key: str, body: bytes = b"hello") -> None:
+    env.s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def head_seq(env: Env) -> int:
+    return int(in_db(env.data, lambda conn: conn.execute(
+        select(change_counter.c.value)).scalar_one()))
+
+
+def sequences(receiver: Receiver) -> list[int]:
+    return [e["sequence"] for e in receiver.events()]
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_events_arrive_in_order_signed(env: Env) -> None:
+    receiver = env.receiver()
+    bot = env.bot(receiver)
+    other = env.bot(env.receiver())
+    start = head_seq(env)
+    keys = [f".gbdrive/attachments/f{i}.bin" for i in range(5)]
+    for i, key in enumerate(keys):
+        put(env, bot.bucket, key, b"x" * (i + 1))
+        put(env, other.bucket, key)  # another bot's: never sent here
+    env.s3.delete_object(Bucket=bot.bucket, Key=keys[0])
+
+    got = wait_for("six events", lambda: len(receiver.received) >= 6 and receiver.received)
+    time.sleep(0.5)
+    assert len(receiver.received) == 6, "one POST per change, no more"
+    events = [r.event for r in got]
+    seqs = [e["sequence"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 6 and seqs[0] > start
+    assert [e["key"] for e in events] == [*keys, keys[0]]
+    assert [e["event"] for e in events] == ["s3:ObjectCreated:Put"] * 5 + [
+        "s3:ObjectRemoved:Delete"]
+    first = events[0]
+    assert set(first) == {"sequence", "event", "bucket", "key", "size", "etag", "version_id",
+                          "time", "bot"}
+    assert first["bot"] == bot.id and first["bucket"] == bot.bucket and first["size"] == 1
+    assert first["etag"] == '"' + hashlib.md5(b"x").hexdigest() + '"'
+    assert first["time"].endswith("Z")
+    assert events[-1]["size"] is None and events[-1]["etag"] is None
+
+    deliveries = set()
+    for r in got:
+        h = r.headers
+        expected = "sha256=" + hmac.new(bot.secret.encode(), r.body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(h["x-gateway-signature"], expected)
+        assert h["content-type"] == "application/json"
+        assert h["x-gateway-event"] == r.event["event"]
+        assert h["x-gateway-sequence"] == str(r.event["sequence"])
+        assert "gateway" in h["user-agent"]
+        deliveries.add(h["x-gateway-delivery"])
+    assert len(deliveries) == 6
+
+    row = wait_for("delivered_seq", lambda: (r := bot_row(env.data, bot.id)).delivered_seq
+                   == seqs[-1] and r)
+    assert row.error_count == 0 and row.next_attempt_at is None
+    wait_for("the other bot's five", lambda: len(other.receiver.received) >= 5)
+    assert {e["bucket"] for e in other.receiver.events()} == {other.bucket}
+
+
+def test_failing_receiver_backs_off_and_recovers(env: Env) -> None:
+    receiver = env.receiver()
+    bot = env.bot(receiver)
+    healthy = env.bot(env.receiver())
+    receiver.mode = "fail"
+    keys = [f".gbdrive/attachments/r{i}.bin" for i in range(3)]
+    for key in keys:
+        put(env, bot.bucket, key)
+
+    row = wait_for("two errors", lambda: (r := bot_row(env.data, bot.id)).error_count >= 2
+                   and r)
+    assert row.last_error_message.startswith("HTTP 500: boom: the receiver is broken")
+    assert len(row.last_error_message) <= len("HTTP 500: ") + 200
+    assert bot.secret not in row.last_error_message
+    assert row.last_error_date is not None and row.next_attempt_at is not None
+    shown = admin_view(env, bot.id)
+    assert shown["error_count"] >= 2
+    assert shown["last_error_message"].startswith("HTTP 500: boom")
+    assert isinstance(shown["last_error_date"], int)
+    # Later changes wait behind the failing one: every attempt was the first change.
+    assert len(set(sequences(receiver))) == 1
+    # Retries back off: 1 s, then 2 s (the cap here), each within ±20 %.
+    times = [r.at for r in receiver.received]
+    assert all(b - a >= 0.75 for a, b in itertools.pairwise(times)), times
+
+    # A failing bot blocks no other: the healthy one's change arrives meanwhile.
+    put(env, healthy.bucket, ".gbdrive/attachments/h.bin")
+    wait_for("the healthy bot's event", lambda: healthy.receiver.received)
+
+    receiver.mode = "redirect"
+    row = wait_for("a redirect not followed", lambda: (r := bot_row(env.data, bot.id))
+                   .last_error_message.startswith("HTTP 302") and r)
+    assert "not followed" in row.last_error_message
+
+    receiver.mode = "slow"
+    errors_before = row.error_count
+    row = wait_for("a timeout", lambda: (r := bot_row(env.data, bot.id))
+                   .last_error_message.startswith("timeout") and r)
+    assert row.error_count > errors_before
+
+    receiver.stop()
+    errors_before = row.error_count
+    row = wait_for("connection refused", lambda: (r := bot_row(env.data, bot.id))
+                   .last_error_message == "connection refused" and r)
+    assert row.error_count > errors_before
+    last_error = row.last_error_message
+
+    receiver.mode = "ok"
+    receiver.start()
+    wait_for("every change", lambda: {e["key"] for e in receiver.events()} >= set(keys),
+             timeout=20)
+    row = wait_for("the streak reset", lambda: (r := bot_row(env.data, bot.id))
+                   .error_count == 0 and r)
+    seqs = sequences(receiver)
+    # Nothing lost, in order; repeats only of one sequence at a time (retries).
+    distinct = list(dict.fromkeys(seqs))
+    assert len(distinct) == 3 and distinct == sorted(distinct)
+    assert [e["key"] for e in receiver.events()][-3:] == keys
+    assert row.delivered_seq == distinct[-1] and row.next_attempt_at is None
+    assert row.last_error_message == last_error, "the last error stays, for history"
+    shown = admin_view(env, bot.id)
+    assert shown["error_count"] == 0 and shown["last_error_message"] == last_error
+
+
+def test_restart_resumes_from_delivered_seq(env: Env) -> None:
+    receiver = env.receiver()
+    bot = env.bot(receiver)
+    put(env, bot.bucket, ".gbdrive/attachments/before.bin")
+    wait_for("the first event", lambda: receiver.received)
+    receiver.mode = "fail"
+    put(env, bot.bucket, ".gbdrive/attachments/pending-1.bin")
+    put(env, bot.bucket, ".gbdrive/attachments/pending-2.bin")
+    wait_for("an error", lambda: bot_row(env.data, bot.id).error_count >= 1)
+
+    env.server.stop()
+    delivered = bot_row(env.data, bot.id).delivered_seq
+    receiver.mode = "ok"
+    receiver.clear()
+    env.server.start()
+
+    wait_for("the backlog", lambda: len(receiver.received) >= 2)
+    put(env, bot.bucket, ".gbdrive/attachments/after.bin")
+    wait_for("the new event", lambda: len(receiver.received) >= 3)
+    events = receiver.events()
+    assert min(e["sequence"] for e in events) > delivered, "nothing delivered is sent again"
+    assert [e["key"].rsplit("/", 1)[1] for e in events] == [
+        "pending-1.bin", "pending-2.bin", "after.bin"]
+    assert bot_row(env.data, bot.id).error_count == 0
+
+
+def test_purge_keeps_a_bots_backlog(env: Env) -> None:
+    # A bucket no bot watches: its old changes go once the retention has passed.
+    env.s3.create_bucket(Bucket="plain-bucket")
+    put(env, "plain-bucket", "early")
+    early = head_seq(env)
+
+    receiver = env.receiver()
+    bot = env.bot(receiver)
+    receiver.stop()  # down for longer than the retention
+    put(env, bot.bucket, ".gbdrive/attachments/backlog.bin")
+    backlog = head_seq(env)
+    put(env, "plain-bucket", "late")
+
+    def kept(seq: int) -> bool:
+        return bool(in_db(env.data, lambda conn: conn.execute(
+            select(changes.c.seq).where(changes.c.seq == seq)).first()))
+
+    wait_for("the early change purged", lambda: not kept(early), timeout=RETENTION_S + 10)
+    time.sleep(RETENTION_S + 1)
+    assert kept(backlog), "the bot's undelivered change is kept past the retention"
+    assert kept(head_seq(env)), "nor is anything after it purged"
+
+    receiver.start()
+    wait_for("the backlog delivered", lambda: receiver.received, timeout=20)
+    assert receiver.events()[0]["sequence"] == backlog
+    wait_for("the backlog purged once delivered", lambda: not kept(backlog), timeout=20)
+
+
+def test_one_instance_delivers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two worker processes share the database: only the one holding the lease delivers,
+    so every change is POSTed once."""
+    server = GatewayProcess(tmp_path_factory.mktemp("webhook-workers") / "data",
+                            env_extra={"GATEWAY_WORKERS": "2"}).start()
+    receiver = Receiver().start()
+    try:
+        token = cli_json(server.data_dir, "token", "create", "--user", "admin", "--name", "w",
+                         "--permission=bots:write")["token"]
+        made = httpx.post(server.url + "/api/v1/bots", timeout=30,
+                          json={"name": "workers", "url": receiver.url},
+                          headers={"Authorization": f"Bearer {token}"})
+        assert made.status_code == 201, made.text
+        bucket = made.json()["data"]["bucket"]
+        s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
+                          aws_access_key_id=server.access_key,
+                          aws_secret_access_key=server.secret_key)
+        for i in range(10):
+            s3.put_object(Bucket=bucket, Key=f".gbdrive/attachments/{i}.bin", Body=b"x")
+        wait_for("ten events", lambda: len(receiver.received) >= 10)
+        time.sleep(1.5)
+        seqs = sequences(receiver)
+        assert len(seqs) == 10 and seqs == sorted(set(seqs)), seqs
+    finally:
+        server.stop()
+        receiver.stop()
