@@ -225,6 +225,10 @@ objects = Table(
     UniqueConstraint("bucket_id", "key", "version_id", name="uq_objects_bucket_key_version"),
     Index("ix_objects_listing", "bucket_id", "is_latest", "key"),
     Index("ix_objects_blob_key", "blob_key"),
+    # The object search (``gateway.service.query``): ordered by one of these, tie on key.
+    Index("ix_objects_search_size", "bucket_id", "is_latest", "size", "key"),
+    Index("ix_objects_search_modified", "bucket_id", "is_latest", "last_modified", "key"),
+    Index("ix_objects_search_type", "bucket_id", "is_latest", "content_type", "key"),
 )
 
 #: The parts of an object completed from a multipart upload (for ``?partNumber=N``).
@@ -331,7 +335,7 @@ upload_rejections = Table(
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("bucket", BucketName, nullable=False),
     Column("key", KeyString, nullable=False),
-    #: ``infected``, ``type`` or ``size``
+    #: ``infected``, ``unscannable``, ``type`` or ``size``
     Column("reason", String(16), nullable=False),
     Column("detail", Text(), nullable=True),
     Column("principal", String(128), nullable=True),
