@@ -171,6 +171,9 @@ class GatewayApp:
             await gateway.ctx.db.ping()
             async for _ in gateway.ctx.backend.list("readyz-probe/"):
                 break
+            scanner = gateway.packages.scanner
+            if scanner is not None:
+                await scanner.ping()  # uploads fail closed without it
         except Exception as exc:
             return JSONResponse({"ready": False, "reason": type(exc).__name__},
                                 status_code=503)
