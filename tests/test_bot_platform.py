@@ -19,11 +19,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from gateway.core import Gateway
-from gateway.metadata.db import Database
 from gateway.service.bots import Actor
-from gateway.settings import Settings
-from storage_backends.localfs import LocalFSBackend
-from tests._server import ROOT_ACCESS_KEY, ROOT_SECRET_KEY, GatewayProcess, database_for
+from tests._inprocess import in_process_gateway
+from tests._server import ROOT_ACCESS_KEY, ROOT_SECRET_KEY, GatewayProcess
 
 API = "/api/v1"
 LAYOUT = {".gbkb/", ".gbkb/docs/", ".gbkb/data/", ".gbdialog/", ".gbdialog/scripts/",
@@ -624,16 +622,8 @@ def test_failed_creation_rolls_back(tight: GatewayProcess) -> None:
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    settings = Settings(data_dir=tmp_path, root_access_key="AK", root_secret_key="SK",
-                        database_url=database_for(tmp_path))
-    db = Database(settings.effective_database_url)
-    await db.start()
-    backend = LocalFSBackend(tmp_path / "objects")
-    gw = Gateway.build(settings, db, backend)
-    await gw.accounts.ensure_root()
-    yield gw
-    await backend.aclose()
-    await db.aclose()
+    async with in_process_gateway(tmp_path) as gw:
+        yield gw
 
 
 async def test_webhook_targets(gateway: Gateway) -> None:

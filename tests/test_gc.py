@@ -9,11 +9,9 @@ import pytest
 
 from gateway.checksums import DigestingStream
 from gateway.core import Gateway
-from gateway.metadata.db import Database
 from gateway.service.gc import collect_garbage
-from gateway.settings import Settings
 from gateway.types import ObjectAttributes
-from storage_backends.localfs import LocalFSBackend
+from tests._inprocess import in_process_gateway
 
 
 async def _body(data: bytes) -> AsyncIterator[bytes]:
@@ -22,15 +20,8 @@ async def _body(data: bytes) -> AsyncIterator[bytes]:
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    settings = Settings(data_dir=tmp_path, root_access_key="AK", root_secret_key="SK")
-    db = Database(settings.effective_database_url)
-    await db.start()
-    backend = LocalFSBackend(tmp_path / "objects")
-    gw = Gateway.build(settings, db, backend)
-    await gw.accounts.ensure_root()
-    yield gw
-    await backend.aclose()
-    await db.aclose()
+    async with in_process_gateway(tmp_path) as gw:
+        yield gw
 
 
 async def test_collects_only_unreferenced_blobs(gateway: Gateway) -> None:

@@ -29,12 +29,10 @@ from gateway.api.ws import (
 )
 from gateway.checksums import DigestingStream
 from gateway.core import Gateway
-from gateway.metadata.db import Database
 from gateway.service import changes
 from gateway.service.changes import encode_cursor
-from gateway.settings import Settings
 from gateway.types import ObjectAttributes
-from storage_backends.localfs import LocalFSBackend
+from tests._inprocess import in_process_gateway
 from tests._server import GatewayProcess, cli_json
 
 
@@ -296,15 +294,8 @@ async def test_many_sockets_each_get_every_event(env: Env) -> None:
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    settings = Settings(data_dir=tmp_path, root_access_key="AK", root_secret_key="SK")
-    db = Database(settings.effective_database_url)
-    await db.start()
-    backend = LocalFSBackend(tmp_path / "objects")
-    gw = Gateway.build(settings, db, backend)
-    await gw.accounts.ensure_root()
-    yield gw
-    await backend.aclose()
-    await db.aclose()
+    async with in_process_gateway(tmp_path) as gw:
+        yield gw
 
 
 async def _write(gw: Gateway, bucket: str, key: str) -> None:
