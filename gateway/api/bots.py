@@ -14,7 +14,13 @@ credential with the ``admin`` permission. Access rules are the service's
 (:mod:`gateway.service.bots`): an existing bot or customer the caller may not touch is
 403 ``FORBIDDEN``, a missing one 404 ``NOT_FOUND``; a conversation the caller does not take
 part in is 404, as in Talk. Lists take the overview's ``limit``/``offset``/``sort``/
-``order``/``filter[field]=`` (:mod:`gateway.api.pagination`).
+``order``/``filter[field]=`` (:mod:`gateway.api.pagination`). ``/v1/bots``, ``/v1/users``,
+``/v1/bot/admin`` and ``/v1/conversations`` also answer keyset pages when asked with
+``cursor``/``where``/``order_by``/``total``, over the fieldPaths of
+:data:`~gateway.service.bots.BOTS`, :data:`~gateway.service.bots.BOT_USERS`,
+:data:`~gateway.service.bots.ADMIN_BOTS` and
+:data:`~gateway.service.conversations.CONVERSATIONS`: the names and values their answers
+show.
 
 Secrets (a bot's webhook secret, a package S3 key) appear only in the answer that made
 them, which is marked ``Cache-Control: no-store``.
@@ -32,8 +38,18 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.common import Caller, gateway_of, ok, read_json, require_admin, require_caller
 from gateway.api.errors import ApiError, validation_error
-from gateway.api.pagination import page_request, paged, paginate
+from gateway.api.pagination import (
+    keyset_page,
+    keyset_query,
+    page_request,
+    paged,
+    paginate,
+    wants_keyset,
+)
 from gateway.service.bots import (
+    ADMIN_BOTS,
+    BOT_USERS,
+    BOTS,
     Actor,
     AlreadyExists,
     Bot,
@@ -42,6 +58,7 @@ from gateway.service.bots import (
     Invalid,
     NotFound,
 )
+from gateway.service.conversations import CONVERSATIONS
 
 if TYPE_CHECKING:
     from gateway.service.bots import BotService
@@ -120,6 +137,11 @@ async def create_bot(request: Request) -> JSONResponse:
 
 async def list_bots(request: Request) -> JSONResponse:
     actor, bots = await _caller(request, "bots:read")
+    if wants_keyset(request):
+        query = keyset_query(request, BOTS)
+        with _service_errors():
+            keyset = await bots.bots_page(actor, query)
+        return keyset_page([b.as_dict() for b in keyset.items], keyset.page_info)
     page = page_request(request, sortable=("id", "name", "createdAt", "state", "customerId"),
                         default_sort="createdAt",
                         filterable=("id", "name", "state", "customerId", "bucket", "url"))
@@ -176,14 +198,23 @@ async def get_user(request: Request) -> JSONResponse:
     return ok(user.as_dict())
 
 
+_USER_FILTER_ALIASES = {"botStatus": "botStatus", "externalId": "externalId",
+                        "facebookId": "externalId"}
+
+
 async def list_users(request: Request) -> JSONResponse:
     actor, bots = await _caller(request, "bots:read")
+    q = request.query_params
+    if wants_keyset(request):
+        query = keyset_query(request, BOT_USERS, filter_aliases=_USER_FILTER_ALIASES)
+        with _service_errors():
+            users = await bots.users_page(actor, q.get("botId"), query,
+                                          q.get("customerId") or None)
+        return keyset_page([u.as_dict() for u in users.items], users.page_info)
     page = page_request(request, sortable=("id", "createdAt", "externalId", "botStatus"),
                         default_sort="createdAt",
                         filterable=("id", "externalId", "botStatus", "customerId"),
-                        aliases={"botStatus": "botStatus", "externalId": "externalId",
-                                 "facebookId": "externalId"})
-    q = request.query_params
+                        aliases=_USER_FILTER_ALIASES)
     with _service_errors():
         found, total = await bots.list_users(
             actor, q.get("botId"), filters=page.filters, sort=page.sort,
@@ -226,11 +257,18 @@ async def create_conversation(request: Request) -> JSONResponse:
 
 async def list_conversations(request: Request) -> JSONResponse:
     actor, bots = await _caller(request, "bots:read")
+    if wants_keyset(request):
+        query = keyset_query(request, CONVERSATIONS)
+        conversations = await bots.conversations.conversations_page(actor, query)
+        return keyset_page([c.as_dict() for c in conversations.items],
+                           conversations.page_info)
     page = page_request(request, sortable=("id", "name", "createdAt", "role", "owner"),
                         default_sort="createdAt", filterable=("id", "name", "role", "owner"))
-    found = await bots.conversations.list_conversations(actor)
-    items, total = paginate([c.as_dict() for c in found], page)
-    return paged(items, total, page)
+    with _service_errors():
+        found, total = await bots.conversations.list_conversations(
+            actor, filters=page.filters, sort=page.sort, descending=page.descending,
+            limit=page.limit, offset=page.offset)
+    return paged([c.as_dict() for c in found], total, page)
 
 
 async def get_conversation(request: Request) -> JSONResponse:
@@ -268,6 +306,10 @@ async def remove_participant(request: Request) -> JSONResponse:
 
 async def admin_bots(request: Request) -> JSONResponse:
     await require_admin(request)
+    if wants_keyset(request):
+        query = keyset_query(request, ADMIN_BOTS)
+        found_page = await gateway_of(request).bots.admin_bots_page(query)
+        return keyset_page([b.as_talk() for b in found_page.items], found_page.page_info)
     page = page_request(request, sortable=("id", "name", "state", "error_count"),
                         default_sort="name", filterable=("id", "name", "state", "url_hash"))
     found = await gateway_of(request).bots.all_bots()

@@ -14,6 +14,16 @@ A list answers the envelope with the page as ``data`` and the paging state besid
 (``X-Total-Count`` carries the total too.) :func:`paginate` pages an in-memory list; SQL
 backed lists pass :class:`PageRequest`'s fields to their service and answer with
 :func:`paged`.
+
+The management lists also speak the pagination reference's keyset language
+(:mod:`gateway.service.query`): a request that carries any of ``cursor``, ``where``,
+``order_by`` or ``total`` (:func:`wants_keyset`) gets a keyset page instead::
+
+    {"success": true, "data": {"items": [...], "pageInfo": {"hasNextPage": …,
+     "hasPreviousPage": …, "startCursor": …, "endCursor": …, "total": -1}}}
+
+The two languages do not mix: paging by offset from a cursor, or filtering both ways at
+once, has no single meaning, so such a request is a 400 naming the parameters to drop.
 """
 
 from __future__ import annotations
@@ -26,12 +36,16 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.api.common import int_query
+from gateway.api.common import int_query, ok
 from gateway.api.errors import validation_error
+from gateway.service.query import Entity, PageInfo, Query, QueryError, query_from_params
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 _FILTER = re.compile(r"^filter\[([^\[\]]+)\]$")
+#: The keyset language's parameters, and the offset list's (besides ``filter[…]``).
+KEYSET_PARAMS = ("cursor", "where", "order_by", "total")
+OFFSET_PARAMS = ("limit", "offset", "sort", "order")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,3 +134,41 @@ def paged(items: Sequence[Any], total: int, page: PageRequest, *,
     if message is not None:
         body["message"] = message
     return JSONResponse(body, headers={"X-Total-Count": str(total)})
+
+
+# -- keyset pages --------------------------------------------------------------------------
+
+
+def wants_keyset(request: Request) -> bool:
+    """Whether the request carries a keyset parameter (even an empty one)."""
+    q = request.query_params
+    return any(name in q for name in KEYSET_PARAMS)
+
+
+def keyset_query(request: Request, entity: Entity, *, filter_aliases: Collection[str] = ()
+                 ) -> Query:
+    """The keyset query of ``request`` over ``entity``. 400 ``VALIDATION_ERROR`` when the
+    request also carries offset-list parameters (``filter_aliases``: plain parameters the
+    endpoint's offset list takes as filters), and for a ``where``, ``order_by``, ``cursor``
+    or ``total`` the grammar or the entity refuses (``details.field`` names the part, e.g.
+    ``where.operands[1].fieldPath``; ``details.reason`` says why)."""
+    q = request.query_params
+    mixed = [name for name in q if name in OFFSET_PARAMS or name in filter_aliases
+             or _FILTER.match(name)]
+    if mixed:
+        given = [name for name in KEYSET_PARAMS if name in q]
+        raise validation_error(
+            f"{', '.join(given)} ask for a keyset page, {', '.join(mixed)} for an offset "
+            "page: use either cursor/where/order_by/total or "
+            "limit/offset/sort/order/filter[...], not both (in a keyset page, filter with "
+            "where, sort with order_by and size pages with cursor.first or cursor.last)",
+            field=mixed[0], conflicting=mixed, keyset=given)
+    try:
+        return query_from_params(entity, q)
+    except QueryError as exc:
+        raise validation_error(str(exc), field=exc.part, reason=exc.reason) from None
+
+
+def keyset_page(items: Sequence[Any], page_info: PageInfo) -> JSONResponse:
+    """The envelope of one keyset page."""
+    return ok({"items": list(items), "pageInfo": page_info.as_dict()})

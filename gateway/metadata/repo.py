@@ -1322,3 +1322,41 @@ def record_bot_failure(conn: Connection, bot_id: str, message: str, now: datetim
         error_count=bots.c.error_count + 1, last_error_date=now,
         last_error_message=message, next_attempt_at=next_attempt_at))
     return result.rowcount == 1
+
+
+# -- the rows the bot platform's lists page through ------------------------------------------
+
+from sqlalchemy import Select, false  # noqa: E402
+
+#: Conversations joined with their owner's user row (for the ``owner`` field).
+conversation_owners = users.alias("conversation_owner")
+
+
+def visible_bots(customer_id: str | None, *, everyone: bool) -> Select[Any]:
+    """Every bot (``everyone``), else those the customer owns or administers; none for a
+    caller without a customer. The query layer adds filters, order and bounds."""
+    stmt = select(bots)
+    if everyone:
+        return stmt
+    if customer_id is None:
+        return stmt.where(false())
+    administered = select(bot_admins.c.bot_id).where(bot_admins.c.customer_id == customer_id)
+    return stmt.where(or_(bots.c.customer_id == customer_id, bots.c.id.in_(administered)))
+
+
+def users_of_bot(bot_id: str) -> Select[Any]:
+    """A bot's chat users."""
+    return select(bot_users).where(bot_users.c.bot_id == bot_id)
+
+
+def conversations_of_member(user_id: int) -> Select[Any]:
+    """The conversations ``user_id`` takes part in, with their role (``member_role``) and
+    the owner's name (``owner_name``)."""
+    m = conversation_members.c
+    return (select(conversations, m.role.label("member_role"),
+                   conversation_owners.c.name.label("owner_name"))
+            .select_from(conversations
+                         .join(conversation_members, m.conversation_id == conversations.c.id)
+                         .join(conversation_owners,
+                               conversation_owners.c.id == conversations.c.owner_id))
+            .where(m.user_id == user_id))

@@ -41,12 +41,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+from sqlalchemy import BigInteger, ColumnElement, String, case, cast
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from gateway import errors
 from gateway.checksums import DigestingStream
-from gateway.metadata import repo
+from gateway.metadata import models, repo
 from gateway.service.accounts import (
     AccountService,
     AlreadyExists,
@@ -57,14 +61,16 @@ from gateway.service.accounts import (
 from gateway.service.buckets import BucketService, validate_bucket_name
 from gateway.service.context import Context
 from gateway.service.objects import ObjectService
+from gateway.service.query import Entity, Field, Page, Query, SortKey, byte_ordered, fetch_page
 from gateway.service.quota import QuotaService
 from gateway.types import ObjectAttributes, Principal
 
 log = logging.getLogger("gateway.bots")
 
 __all__ = [
-    "PACKAGE_LAYOUT", "Actor", "AlreadyExists", "Bot", "BotService", "BotUser", "CreatedBot",
-    "Customer", "Forbidden", "Invalid", "NotFound", "WebhookTarget",
+    "ADMIN_BOTS", "BOTS", "BOT_USERS", "PACKAGE_LAYOUT", "Actor", "AlreadyExists", "Bot",
+    "BotService", "BotUser", "CreatedBot", "Customer", "Forbidden", "Invalid", "NotFound",
+    "WebhookTarget",
 ]
 
 #: The Talk bots reference's states.
@@ -347,6 +353,94 @@ _USER_FIELDS = frozenset({"id", "botId", "customerId", "externalId", "facebookId
                           "botStatus", "attributes", "createdAt"})
 
 
+# -- what the lists' keyset pages filter and sort by (gateway.service.query) -------------------
+
+
+class epoch_seconds(FunctionElement[int]):
+    """Whole seconds since 1970 of a stored UTC date-time (``bot/admin`` shows dates so)."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "epoch_seconds"
+
+
+@compiles(epoch_seconds)
+def _epoch_seconds(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(strftime('%s', {compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(epoch_seconds, "postgresql")
+def _epoch_seconds_pg(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    return (f"CAST(floor(extract(epoch FROM {compiler.process(element.clauses, **kw)})) "
+            "AS BIGINT)")
+
+
+def text_field(column: ColumnElement[Any], *, nullable: bool = False) -> Field:
+    """A sortable text fieldPath compared in code-point order on both databases, so pages
+    sort as clients sort strings and ``starts_with`` may use a range."""
+    return Field(byte_ordered(column), "str", sortable=True, nullable=nullable)
+
+
+_b, _u = models.bots.c, models.bot_users.c
+#: The state as ``/bots`` answers it: a word (an unknown number as its digits).
+_STATE_WORD = case(*((_b.state == number, word) for number, word in STATE_NAMES.items()),
+                   else_=cast(_b.state, String))
+
+#: ``GET /bots``: the Control Tower shape's names. ``state`` is the word (enabled,
+#: disabled, no-setup); ``errorCount`` (the webhook's error streak) is not in the answer,
+#: but owners find failing bots by it.
+BOTS = Entity(
+    name="bots",
+    fields={
+        "id": text_field(_b.id),
+        "name": text_field(_b.name),
+        "description": text_field(_b.description, nullable=True),
+        "url": text_field(_b.url, nullable=True),
+        "bucket": text_field(_b.bucket, nullable=True),
+        "customerId": text_field(_b.customer_id),
+        "state": text_field(_STATE_WORD),
+        "createdAt": Field(_b.created_at, "datetime", sortable=True),
+        "errorCount": Field(_b.error_count, "int", sortable=True),
+    },
+    tiebreak="id",
+    default_order=(SortKey("createdAt"),),
+)
+
+#: ``GET /bot/admin``: the Talk reference's names and values — ``state`` the number (0
+#: disabled, 1 enabled, 2 no-setup), ``last_error_date`` seconds since 1970.
+ADMIN_BOTS = Entity(
+    name="bot_admin",
+    fields={
+        "id": text_field(_b.id),
+        "name": text_field(_b.name),
+        "description": text_field(_b.description, nullable=True),
+        "url": text_field(_b.url, nullable=True),
+        "state": Field(_b.state, "int", sortable=True),
+        "error_count": Field(_b.error_count, "int", sortable=True),
+        "last_error_date": Field(epoch_seconds(_b.last_error_date), "int", sortable=True,
+                                 nullable=True),
+        "last_error_message": text_field(_b.last_error_message, nullable=True),
+    },
+    tiebreak="id",
+    default_order=(SortKey("name"),),
+)
+
+#: ``GET /users?botId=``: a bot's chat users (``facebookId`` is ``externalId``'s alias).
+BOT_USERS = Entity(
+    name="bot_users",
+    fields={
+        "id": text_field(_u.id),
+        "externalId": text_field(_u.external_id, nullable=True),
+        "facebookId": text_field(_u.external_id, nullable=True),
+        "customerId": text_field(_u.customer_id, nullable=True),
+        "botStatus": text_field(_u.bot_status),
+        "createdAt": Field(_u.created_at, "datetime", sortable=True),
+    },
+    tiebreak="id",
+    default_order=(SortKey("createdAt"),),
+)
+
+
 class BotService:
     def __init__(self, ctx: Context, accounts: AccountService, buckets: BucketService,
                  objects: ObjectService, quotas: QuotaService) -> None:
@@ -510,6 +604,17 @@ class BotService:
             return self._bots(conn, rows), total
 
         return await self.ctx.db.read(unit)
+
+    async def bots_page(self, actor: Actor, query: Query) -> Page[Bot]:
+        """A keyset page (:data:`BOTS`) of the bots :meth:`list_bots` lists."""
+        customer = None if actor.admin else await self.own_customer(actor.principal)
+        source = repo.visible_bots(customer.id if customer else None, everyone=actor.admin)
+
+        def unit(conn: Connection) -> Page[Bot]:
+            page = fetch_page(conn, BOTS, query, source)
+            return Page(self._bots(conn, page.items), page.page_info, page.cursors)
+
+        return await self.ctx.db.scan(unit)
 
     # -- bots: creating --------------------------------------------------------------------
 
@@ -756,6 +861,15 @@ class BotService:
         return await self.ctx.db.read(
             lambda conn: self._bots(conn, repo.all_bots(conn), full=False))
 
+    async def admin_bots_page(self, query: Query) -> Page[Bot]:
+        """A keyset page (:data:`ADMIN_BOTS`) of every bot, as :meth:`all_bots` has them."""
+        def unit(conn: Connection) -> Page[Bot]:
+            page = fetch_page(conn, ADMIN_BOTS, query, repo.visible_bots(None, everyone=True))
+            return Page(self._bots(conn, page.items, full=False), page.page_info,
+                        page.cursors)
+
+        return await self.ctx.db.scan(unit)
+
     # -- webhooks (for the dispatcher) -------------------------------------------------------
 
     def _target(self, row: Row[Any]) -> WebhookTarget:
@@ -862,6 +976,17 @@ class BotService:
             return [_bot_user(r) for r in rows], total
 
         return await self.ctx.db.read(unit)
+
+    async def users_page(self, actor: Actor, bot_id: Any, query: Query,
+                         customer_id: Any = None) -> Page[BotUser]:
+        """A keyset page (:data:`BOT_USERS`) of a bot's users."""
+        bot = await self._managed_bot(actor, bot_id, customer_id)
+
+        def unit(conn: Connection) -> Page[BotUser]:
+            page = fetch_page(conn, BOT_USERS, query, repo.users_of_bot(bot.id))
+            return Page([_bot_user(r) for r in page.items], page.page_info, page.cursors)
+
+        return await self.ctx.db.scan(unit)
 
     async def update_users(self, actor: Actor, bot_id: Any, ids: Any,
                            update: Mapping[str, Any]) -> list[BotUser]:

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from gateway.metadata import repo
+from gateway.metadata.models import conversation_members, conversations
 from gateway.service.bots import (
     STATE_DISABLED,
     STATE_ENABLED,
@@ -31,8 +33,21 @@ from gateway.service.bots import (
     NotFound,
     iso_time,
     random_code,
+    text_field,
 )
 from gateway.service.context import Context
+from gateway.service.query import (
+    Branch,
+    Entity,
+    Field,
+    Leaf,
+    Page,
+    Query,
+    SortKey,
+    compile_where,
+    fetch_page,
+    order_clauses,
+)
 
 if TYPE_CHECKING:
     from gateway.service.bots import BotService
@@ -40,6 +55,39 @@ if TYPE_CHECKING:
 MEMBER_ROLES = ("moderator", "user")
 _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 _MAX_PARTICIPANTS = 1000
+
+#: ``GET /conversations``, as the caller sees them: ``role`` is the caller's role in each,
+#: ``owner`` the owner's user name. Both the keyset pages and the offset list use it.
+CONVERSATIONS = Entity(
+    name="conversations",
+    fields={
+        "id": text_field(conversations.c.id),
+        "name": text_field(conversations.c.name),
+        "createdAt": Field(conversations.c.created_at, "datetime", sortable=True),
+        "role": text_field(conversation_members.c.role),
+        "owner": text_field(repo.conversation_owners.c.name),
+    },
+    tiebreak="id",
+    default_order=(SortKey("createdAt"),),
+)
+
+
+def _offset_page(conn: Connection, source: Select[Any], filters: Mapping[str, str],
+                 sort: str, descending: bool, limit: int, offset: int
+                 ) -> tuple[list[Row[Any]], int]:
+    """The overview's offset list over :data:`CONVERSATIONS`: ``filters`` are exact
+    matches, ties in ``sort`` are broken by id in the same direction."""
+    if filters:
+        source = source.where(compile_where(CONVERSATIONS, Branch("and", tuple(
+            Leaf(name, "eq", value) for name, value in filters.items()))))
+    total = int(conn.execute(select(func.count()).select_from(
+        source.order_by(None).subquery())).scalar_one())
+    order = [SortKey(sort, descending)]
+    if sort != CONVERSATIONS.tiebreak:
+        order.append(SortKey(CONVERSATIONS.tiebreak, descending))
+    rows = conn.execute(source.order_by(*order_clauses(CONVERSATIONS, order))
+                        .limit(limit).offset(offset)).all()
+    return list(rows), total
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,14 +190,33 @@ class ConversationService:
             raise Invalid(f"role is one of {', '.join(MEMBER_ROLES)}", "role")
         return str(role)
 
-    async def list_conversations(self, actor: Actor) -> list[Conversation]:
-        user_id = actor.principal.user_id
+    async def list_conversations(self, actor: Actor, *, filters: Mapping[str, str],
+                                 sort: str, descending: bool, limit: int, offset: int
+                                 ) -> tuple[list[Conversation], int]:
+        """A page of the caller's conversations (fields of :data:`CONVERSATIONS`) and how
+        many match."""
+        source = repo.conversations_of_member(actor.principal.user_id)
+        unknown = ({sort} | set(filters)) - set(CONVERSATIONS.fields)
+        if unknown:
+            raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
 
-        def unit(conn: Connection) -> list[Conversation]:
-            rows = repo.conversations_of_user(conn, user_id)
-            return self._conversations(conn, rows, {r.id: r.member_role for r in rows})
+        def unit(conn: Connection) -> tuple[list[Conversation], int]:
+            rows, total = _offset_page(conn, source, filters, sort, descending, limit, offset)
+            return self._conversations(conn, rows, {r.id: r.member_role for r in rows}), total
 
-        return await self.ctx.db.read(unit)
+        return await self.ctx.db.scan(unit)
+
+    async def conversations_page(self, actor: Actor, query: Query) -> Page[Conversation]:
+        """A keyset page (:data:`CONVERSATIONS`) of the caller's conversations."""
+        source = repo.conversations_of_member(actor.principal.user_id)
+
+        def unit(conn: Connection) -> Page[Conversation]:
+            page = fetch_page(conn, CONVERSATIONS, query, source)
+            return Page(self._conversations(conn, page.items,
+                                            {r.id: r.member_role for r in page.items}),
+                        page.page_info, page.cursors)
+
+        return await self.ctx.db.scan(unit)
 
     async def get_conversation(self, actor: Actor, conversation_id: str) -> Conversation:
         return await self._visible(actor, conversation_id)
