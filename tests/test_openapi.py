@@ -8,6 +8,9 @@
 - Schemathesis, against a real gateway with an admin API token, checks that no answer is a
   5xx and that every answer's status code, content type, headers and body match the
   document. The run is bounded (``MAX_EXAMPLES`` per operation) and deterministic.
+- The bot platform's operations, called on customers, bots, users and conversations that
+  exist (their ids are random, so the generated requests mostly meet 404s), answer as
+  documented too, checked the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from starlette.routing import Match, Route
 
 from gateway.api import ROUTE_MODULES, collect_routes
 from gateway.api.openapi import ASSETS, document
+from gateway.service.tokens import PERMISSIONS
 from tests._server import GatewayProcess
 from tests._server import cli_json as cli
 
@@ -37,6 +41,9 @@ HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "tra
 SAMPLES = {"uploadId": "A" * 64, "partNumber": "7", "key": "docs/manual.pdf",
            "asset": "docs.js"}
 MAX_EXAMPLES = 50
+#: The change feed holds a request up to ``wait`` seconds while nothing is new: longer
+#: waits are cut to this, so that the run stays short (the feed is still long-polled).
+MAX_FEED_WAIT = 1
 BUCKET, KEY = "mybot.gbai", "docs/manual.pdf"  # the document's examples; they exist
 
 
@@ -135,8 +142,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     server = GatewayProcess(tmp_path_factory.mktemp("openapi") / "data").start()
     try:
         made = cli(server.data_dir, "token", "create", "--user", "admin", "--name", "openapi",
-                   "--permission", "storage:read", "--permission", "storage:write",
-                   "--permission", "admin")
+                   *(f"--permission={p}" for p in PERMISSIONS))
         found = Api(server, made["token"])
         # What the document's examples name, so that example requests also succeed.
         with found.client() as c:
@@ -257,6 +263,9 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
+# Package archives (POST /v1/bots/{bot_id}/package) are bytes, sent as they are.
+schemathesis.serializer.alias(["application/x-tar", "application/gzip"],
+                              "application/octet-stream")
 
 
 #: The document as the code builds it; test_served_document_is_the_document checks that
@@ -271,15 +280,144 @@ api_schema.config.checks.not_a_server_error.expected_statuses = ["2xx", "3xx", "
                                                                   "507"]
 
 
+def short_wait(value: Any) -> Any:
+    """``wait`` as generated, unless the gateway would read it as more than
+    ``MAX_FEED_WAIT`` seconds (``int()`` of the text, as it does)."""
+    if isinstance(value, list):
+        return [short_wait(v) for v in value]
+    try:
+        seconds = int(str(value))
+    except ValueError:
+        return value
+    return MAX_FEED_WAIT if seconds > MAX_FEED_WAIT else value
+
+
 @api_schema.parametrize()
 def test_api_conforms_to_its_document(case: Any, api: Api) -> None:
     """Nothing is excluded. Logout is safe to fuzz with the run's API token: only a login
-    session can log out (an API token is answered 400, as documented)."""
+    session can log out (an API token is answered 400, as documented). The token holds
+    every permission, so the bot platform's routes answer as they do for an administrator."""
     headers = {"Authorization": f"Bearer {api.token}"}
+    if case.path == "/v1/storage/changes" and case.query and "wait" in case.query:
+        case.query["wait"] = short_wait(case.query["wait"])
     if case.path.startswith("/v1/admin/keys"):
         # The other credential form, X-Api-Key (Base64), gets some traffic too.
         headers = {"X-Api-Key": base64.b64encode(api.token.encode()).decode()}
     case.call_and_validate(base_url=api.url, headers=headers, checks=CHECKS)
+
+
+def conform(api: Api, method: str, path: str, status: int | tuple[int, ...], *,
+            token: str | None = None, **case: Any) -> Any:
+    """One request of a document's operation, made with the given values (``case``: the
+    Case's ``path_parameters``, ``query``, ``body``, ``media_type``) and checked by the
+    run's checks; its answer must have ``status`` (or one of them). ``token``: whose
+    (default: the run's)."""
+    made = api_schema[path][method].Case(**case)
+    response = made.call_and_validate(
+        base_url=api.url, checks=CHECKS,
+        headers={"Authorization": f"Bearer {token or api.token}"})
+    wanted = status if isinstance(status, tuple) else (status,)
+    assert response.status_code in wanted, (method, path, response.text)
+    return response
+
+
+def test_bot_platform_answers_conform_on_real_things(api: Api) -> None:
+    """Ids are random, so the run above mostly meets 404s on the bot platform's paths: here
+    each operation is called on things that exist, and its answer checked the same way."""
+    with api.client() as c:
+        assert c.post("/v1/admin/users", json={"name": "bob"}).status_code in (201, 409)
+        made = c.post("/v1/tokens", json={"name": "tour", "user": "bob",
+                                          "permissions": ["bots:read", "bots:write"]})
+        assert made.status_code == 201, made.text
+        bob = made.json()["data"]["token"]
+    # The admin's customer: made here, or already by the run above (then answered as is).
+    customer = conform(api, "POST", "/v1/customers", (200, 201),
+                       body={"name": "Acme", "plan": "gold"}).json()["data"]
+    conform(api, "POST", "/v1/customers", 200)
+    cid = {"customer_id": customer["id"]}
+    conform(api, "GET", "/v1/customers/{customer_id}", 200, path_parameters=cid)
+    conform(api, "PUT", "/v1/customers/{customer_id}", 200, path_parameters=cid,
+            body={"email": "bots@acme.example", "plan": None})
+
+    name = f"tour-{uuid.uuid4().hex[:8]}"
+    made = conform(api, "POST", "/v1/bots", 201,
+                   body={"name": name, "description": "A tour", "s3Key": True,
+                         "tone": "formal", "quota": {"objects": 100}})
+    assert made.headers["cache-control"] == ["no-store"]
+    bot = made.json()["data"]
+    assert bot["tone"] == "formal" and bot["secret"] and bot["s3Key"]["accessKey"]
+    bid = {"bot_id": bot["id"]}
+    listed = conform(api, "GET", "/v1/bots", 200, query={"filter[name]": name})
+    assert [b["id"] for b in listed.json()["data"]] == [bot["id"]]  # filter[name]=…
+    keyset = conform(api, "GET", "/v1/bots", 200, query={
+        "where": json.dumps({"fieldPath": "name", "predicate": "eq", "value": name}),
+        "total": "true"}).json()["data"]
+    assert [b["id"] for b in keyset["items"]] == [bot["id"]]
+    assert keyset["pageInfo"]["total"] == 1
+    conform(api, "GET", "/v1/bots/{bot_id}", 200, path_parameters=bid,
+            query={"customerId": customer["id"]})
+    renewed = conform(api, "PUT", "/v1/bots/{bot_id}", 200, path_parameters=bid,
+                      body={"secret": "new"})
+    assert renewed.headers["cache-control"] == ["no-store"]
+    assert "cache-control" not in conform(api, "PUT", "/v1/bots/{bot_id}", 200,
+                                          path_parameters=bid,
+                                          body={"description": "Changed"}).headers
+
+    user = conform(api, "POST", "/v1/users", 201,
+                   body={"botId": bot["id"], "externalId": 42, "plan": "free"}).json()["data"]
+    conform(api, "POST", "/v1/users", 200, body={"botId": bot["id"], "externalId": "42"})
+    uid = {"user_id": user["id"]}
+    conform(api, "GET", "/v1/users", 200, query={"botId": bot["id"], "botStatus": "active"})
+    conform(api, "GET", "/v1/users", 200, query={"botId": bot["id"],
+                                                 "cursor": json.dumps({"first": 1})})
+    conform(api, "GET", "/v1/users/{user_id}", 200, path_parameters=uid,
+            query={"botId": bot["id"]})
+    conform(api, "PUT", "/v1/users/{user_id}", 200, path_parameters=uid,
+            body={"botId": bot["id"], "botStatus": "muted"})
+    conform(api, "PUT", "/v1/users", 200,
+            body={"botId": bot["id"], "ids": [user["id"]], "update": {"botStatus": "active"}})
+
+    room = conform(api, "POST", "/v1/conversations", 201,
+                   body={"name": "support", "participants": [{"user": "alice",
+                                                               "role": "moderator"}]}
+                   ).json()["data"]
+    conv = {"conversation": room["id"]}
+    conform(api, "GET", "/v1/conversations", 200, query={"filter[role]": "owner"})
+    conform(api, "GET", "/v1/conversations", 200,
+            query={"order_by": json.dumps({"fieldPath": "name"})})
+    conform(api, "GET", "/v1/conversations/{conversation}", 200, path_parameters=conv)
+    participants = "/v1/conversations/{conversation}/participants"
+    conform(api, "POST", participants, 201, path_parameters=conv, body={"user": "bob"})
+    conform(api, "POST", participants, 200, path_parameters=conv,
+            body={"user": "bob", "role": "moderator"})
+    conform(api, "DELETE", participants + "/{user}", 200,
+            path_parameters={**conv, "user": "bob"})
+    conform(api, "POST", participants, 201, path_parameters=conv, body={"user": "bob"})
+    left = conform(api, "DELETE", participants + "/{user}", 200, token=bob,
+                   path_parameters={**conv, "user": "bob"})
+    assert left.json()["data"] is None
+
+    both = {**conv, **bid}
+    conform(api, "GET", "/v1/bot/{conversation}", 200, path_parameters=conv)
+    conform(api, "POST", "/v1/bot/{conversation}/{bot_id}", 201, path_parameters=both)
+    conform(api, "POST", "/v1/bot/{conversation}/{bot_id}", 200, path_parameters=both)
+    conform(api, "DELETE", "/v1/bot/{conversation}/{bot_id}", 200, path_parameters=both)
+    conform(api, "GET", "/v1/bot/admin", 200, query={"sort": "error_count"})
+    conform(api, "GET", "/v1/bot/admin", 200, query={"total": "true"})
+
+    package = "/v1/bots/{bot_id}/package"
+    tar = conform(api, "GET", package, 200, path_parameters=bid).content
+    conform(api, "GET", package, 200, path_parameters=bid, query={"format": "tar.gz"})
+    conform(api, "HEAD", package, 200, path_parameters=bid)
+    conform(api, "POST", package, 200, path_parameters=bid, query={"mode": "merge"},
+            body=tar, media_type="application/x-tar")
+    bucket = bot["bucket"]
+    conform(api, "GET", "/v1/storage/changes", 200, query={"bucket": bucket, "limit": 5})
+    conform(api, "GET", "/v1/storage/buckets/{bucket}/search", 200,
+            path_parameters={"bucket": bucket},
+            query={"where": json.dumps({"fieldPath": "key", "predicate": "starts_with",
+                                        "value": ".gbkb/"}), "total": "true"})
+    conform(api, "DELETE", "/v1/bots/{bot_id}", 200, path_parameters=bid)
 
 
 @pytest.fixture

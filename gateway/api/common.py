@@ -92,12 +92,35 @@ async def read_json(request: Request, *, limit: int = MAX_JSON_BODY,
             return {}
         raise validation_error("A JSON body is required")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise validation_error(f"The body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # NaN/Infinity (not JSON, and unanswerable once stored), integers of thousands of
+        # digits, nesting deeper than the parser's stack.
+        raise validation_error(f"The body is not acceptable JSON: {exc}"[:300]) from None
     if not isinstance(value, dict):
         raise validation_error("The JSON body must be an object")
+    _refuse_nul(value)
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _refuse_nul(value: Any) -> None:
+    """No string may hold a NUL character: PostgreSQL text cannot store one."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise validation_error("Strings may not contain the NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key)
+            _refuse_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_nul(item)
 
 
 def int_query(request: Request, name: str, default: int, *, minimum: int = 0,

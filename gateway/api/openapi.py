@@ -27,10 +27,31 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import __version__
+from gateway.api.changes import MAX_WAIT
 from gateway.api.errors import STATUS_CODES, ApiError
+from gateway.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from gateway.api.presign import MAX_PRESIGNED_EXPIRES
+from gateway.service.bots import (
+    ADMIN_BOTS,
+    BOT_STATUSES,
+    BOT_USERS,
+    BOTS,
+    PACKAGE_LAYOUT,
+    STATE_NAMES,
+)
+from gateway.service.changes import EVENTS
+from gateway.service.conversations import CONVERSATIONS, MEMBER_ROLES
 from gateway.service.listing import MAX_KEYS
 from gateway.service.multipart import MAX_PART_NUMBER
+from gateway.service.package_archive import MODES
+from gateway.service.query import (
+    BRANCH_PREDICATES,
+    DEFAULT_PAGE,
+    LEAF_PREDICATES,
+    MAX_PAGE,
+    OBJECTS,
+    Entity,
+)
 from gateway.service.tokens import PERMISSIONS
 
 Schema = dict[str, Any]
@@ -69,6 +90,12 @@ def s(description: str | None = None, **extra: Any) -> Schema:
 
 
 def nullable(schema: Schema) -> Schema:
+    """``schema`` or null (a reference: either of the two, with the reference's
+    description kept beside them)."""
+    if "type" not in schema:
+        inner = {k: v for k, v in schema.items() if k != "description"}
+        outer = {k: v for k, v in schema.items() if k == "description"}
+        return {"anyOf": [inner, {"type": "null"}], **outer}
     return {**schema, "type": [schema["type"], "null"]}
 
 
@@ -231,6 +258,177 @@ SCHEMAS: dict[str, Schema] = {
     "UserUsage": obj({"user": s(), "buckets": COUNT, "used_bytes": COUNT,
                       "used_objects": COUNT}),
     "UsageReport": obj({"users": array(ref("UserUsage"))}),
+    # change feed and search
+    "Change": obj({
+        "sequence": {"type": "integer", "minimum": 1,
+                     "description": "The change's place in the log (commit order)"},
+        "event": s(enum=list(EVENTS)), "bucket": s(), "key": s(),
+        "size": nullable({**COUNT, "description": "null for a delete"}),
+        "etag": nullable(s("Quoted, as S3 sends it; null for a delete")),
+        "version_id": nullable(s()), "time": WHEN},
+        description="One change to an object (the event webhooks and /ws deliver too)"),
+    "ChangePage": obj({
+        "changes": array(ref("Change")),
+        "cursor": s("Pass it back as since to resume after this page"),
+        "has_more": {**BOOL, "description": "The page is full: ask again at once"}}),
+    "SearchItem": obj({"key": s(), "size": COUNT, "last_modified": WHEN,
+                       "etag": s("Without quotes"), "content_type": nullable(s()),
+                       "metadata": {**STRINGS, "description": "User metadata"}}),
+    "PageInfo": obj({
+        "hasNextPage": BOOL, "hasPreviousPage": BOOL,
+        "startCursor": nullable(s("The first item's cursor; null on an empty page")),
+        "endCursor": nullable(s("The last item's cursor; null on an empty page")),
+        "total": {"type": "integer", "minimum": -1,
+                  "description": "Items matching where, over every page; -1 unless "
+                                 "total=true"}}),
+    "SearchPage": obj({"items": array(ref("SearchItem")), "pageInfo": ref("PageInfo")}),
+    # the bot platform
+    "Pagination": obj({"limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                       "offset": COUNT, "total": COUNT, "sort": s(),
+                       "order": s(enum=["asc", "desc"])}),
+    "Customer": obj({
+        "id": s(), "name": nullable(s()), "email": nullable(s()),
+        "externalId": nullable(s()), "facebookId": nullable(s("= externalId")),
+        "bots": {**array(s()), "description": "The ids of the customer's bots"},
+        "createdAt": WHEN}, closed=False,
+        description="Attributes the customer was given besides these fields are answered "
+                    "flat, as they were sent"),
+    "CustomerFields": obj({
+        "name": nullable(s(maxLength=256, example="Acme")),
+        "email": nullable(s(maxLength=320, example="bots@acme.example")),
+        "externalId": {"type": ["string", "integer", "null"],
+                       "description": "At most 128 characters"},
+        "facebookId": {"type": ["string", "integer", "null"],
+                       "description": "An alias of externalId"}},
+        "name", "email", "externalId", "facebookId", closed=False,
+        description="Other members are kept as attributes (null removes one); id, bots "
+                    "and createdAt may be sent back unchanged"),
+    "BotState": s("The bot's global state", enum=list(STATE_NAMES.values())),
+    "BotQuota": obj({
+        "bytes": _USAGE_LIMIT, "objects": _USAGE_LIMIT, "maxObjectSize": _USAGE_LIMIT,
+        "usedBytes": COUNT, "usedObjects": COUNT},
+        description="The package bucket's limits (null: unlimited) and usage"),
+    "Bot": obj({
+        "id": s(), "customerId": s("The owner"), "name": s(),
+        "description": nullable(s()), "url": nullable(s("The webhook URL")),
+        "bucket": nullable(s("The package bucket, <name>.gbai")),
+        "inviteCode": nullable(s("Lets another customer join as an admin")),
+        "admins": {**array(s()), "description": "Customer ids"},
+        "users": {**array(s()), "description": "Chat user ids"},
+        "state": ref("BotState"),
+        "quota": nullable({**ref("BotQuota"), "description": "null: the bucket is gone"}),
+        "createdAt": WHEN}, closed=False,
+        description="Attributes the bot was given besides these fields are answered flat, "
+                    "as they were sent"),
+    "BotSecrets": obj({
+        "secret": s("The webhook secret (signs deliveries), shown this once"),
+        "s3Key": obj({"accessKey": s(), "secretKey": s()},
+                     description="An S3 key for the package bucket only, shown this once")},
+        "secret", "s3Key", closed=False),
+    "BotQuotaChange": obj({"bytes": _LIMIT, "objects": _LIMIT, "maxObjectSize": _LIMIT,
+                           "usedBytes": {"description": "Ignored"},
+                           "usedObjects": {"description": "Ignored"}},
+                          "bytes", "objects", "maxObjectSize", "usedBytes", "usedObjects",
+                          description=f"objects holds at least {len(PACKAGE_LAYOUT)} (the "
+                                      "package layout); only administrators go above the "
+                                      "gateway's defaults"),
+    "BotStateValue": {"anyOf": [s(enum=list(STATE_NAMES.values())),
+                                {"type": "integer", "enum": sorted(STATE_NAMES)}],
+                      "description": "A name (case-insensitive) or its number: "
+                                     + ", ".join(f"{n} = {v}" for n, v in STATE_NAMES.items())},
+    "CreateBot": obj({
+        "name": s("Also names the package bucket, <name>.gbai; it cannot change later",
+                  pattern=r"^[a-z0-9](?:[a-z0-9-]{0,56}[a-z0-9])?$", example="supportbot"),
+        "description": nullable(s(maxLength=4096)),
+        "url": nullable(s("The webhook URL, http or https", format="uri", maxLength=2048)),
+        "state": {**ref("BotStateValue"), "default": "enabled"},
+        "quota": nullable(ref("BotQuotaChange")),
+        "s3Key": {**BOOL, "default": False,
+                  "description": "Also mint an S3 key for the package bucket"},
+        "customerId": s("Administrators: another customer (default: the caller's, created "
+                        "when missing)")},
+        "description", "url", "state", "quota", "s3Key", "customerId", closed=False,
+        description="Other members are kept as attributes"),
+    "UpdateBot": obj({
+        "description": nullable(s(maxLength=4096)),
+        "url": nullable(s("A new URL also ends the error streak", format="uri",
+                          maxLength=2048)),
+        "state": ref("BotStateValue"),
+        "quota": nullable(ref("BotQuotaChange")),
+        "inviteCode": s("\"new\": a fresh code; with admins \"me\": the bot's code"),
+        "secret": s("\"new\": a fresh webhook secret, answered once", enum=["new"]),
+        "s3Key": {**BOOL, "description": "true: mint an S3 key for the package (owner or "
+                                         "administrator)"},
+        "admins": {"description": "\"me\", with inviteCode and customerId (the owner's), "
+                                  "joins the bot as an admin; otherwise sent back unchanged"},
+        "customerId": s("With admins \"me\": the bot owner's id")},
+        "description", "url", "state", "quota", "inviteCode", "secret", "s3Key", "admins",
+        "customerId", closed=False,
+        description="Members not given stay as they are; other members are attributes "
+                    "(null removes one). id, name, bucket, users and createdAt may be sent "
+                    "back unchanged"),
+    "BotDeleted": obj({"id": s(), "deleted": TRUE,
+                       "bucket": nullable(s("The package bucket, which remains"))}),
+    "BotUser": obj({
+        "botId": s(), "id": s(), "customerId": nullable(s()),
+        "externalId": nullable(s("The user's id on the chat channel")),
+        "facebookId": nullable(s("= externalId")),
+        "botStatus": s(enum=list(BOT_STATUSES)),
+        "attributes": {"type": "object", "description": "Free-form"},
+        "createdAt": WHEN}),
+    "BotUserFields": obj({
+        "customerId": s("When given, the bot owner's"),
+        "externalId": {"type": ["string", "integer", "null"],
+                       "description": "At most 128 characters"},
+        "facebookId": {"type": ["string", "integer", "null"],
+                       "description": "An alias of externalId"},
+        "botStatus": s(enum=list(BOT_STATUSES)),
+        "attributes": {"type": "object", "description": "Merged into the attributes"}},
+        *("customerId", "externalId", "facebookId", "botStatus", "attributes"),
+        closed=False, description="Other members are attributes too (null removes one)"),
+    "CreateBotUser": {"allOf": [ref("BotUserFields"), obj(
+        {"botId": s(minLength=1)}, closed=False)],
+        "description": "An existing user with the same externalId is answered as it is "
+                       "(200)"},
+    "UpdateBotUser": {"allOf": [ref("BotUserFields"), obj(
+        {"botId": s(minLength=1)}, closed=False)]},
+    "UpdateBotUsers": obj({
+        "botId": s(minLength=1),
+        "ids": {**array(s()), "minItems": 1, "maxItems": 1000},
+        "update": ref("BotUserFields")}, closed=False,
+        description="The same change to several users: all of them or none"),
+    "MemberRole": s(enum=["owner", *MEMBER_ROLES]),
+    "Participant": obj({"user": s(), "role": ref("MemberRole")}),
+    "Conversation": obj({
+        "id": s(), "token": s("= id"), "name": s(), "owner": s("The owner's user name"),
+        "role": {**ref("MemberRole"), "description": "The caller's"},
+        "createdAt": WHEN, "participants": array(ref("Participant")),
+        "bots": {**array(s()), "description": "The ids of the bots enabled in it"}}),
+    "NewParticipant": obj({"user": s("A gateway user name", minLength=1, example="alice"),
+                           "role": s(enum=list(MEMBER_ROLES), default="user")},
+                          "role", closed=False),
+    "CreateConversation": obj({
+        "name": s(minLength=1, maxLength=256, example="support"),
+        "participants": {**array(ref("NewParticipant")), "maxItems": 1000,
+                         "description": "Besides the caller, its owner"}},
+        "participants", closed=False),
+    "TalkBot": obj({
+        "id": s(), "name": s(), "description": nullable(s()), "url": nullable(s()),
+        "url_hash": nullable(s("bot- and the SHA-1 of the URL")),
+        "state": {"type": "integer", "enum": sorted(STATE_NAMES),
+                  "description": ", ".join(f"{n} = {v}" for n, v in STATE_NAMES.items())},
+        "error_count": COUNT,
+        "last_error_date": nullable({**INT, "description": "Unix time"}),
+        "last_error_message": nullable(s())},
+        description="A bot as the Talk reference's bot/admin lists it"),
+    "ConversationBot": obj({
+        "id": s(), "name": s(), "description": nullable(s()),
+        "state": {"type": "integer", "enum": [0, 1],
+                  "description": "1: enabled in this conversation"}}),
+    "PackageImported": obj({
+        "bucket": s(), "imported": {**COUNT, "description": "Objects written"},
+        "deleted": {**COUNT, "description": "Objects the archive lacked (replace)"},
+        "bytes": COUNT}),
 }
 
 # -- responses -----------------------------------------------------------------------------
@@ -244,7 +442,9 @@ _MEANINGS = {
     400: "Invalid input", 401: "Missing or invalid credentials", 403: "Not allowed",
     404: "Not found", 409: "Conflict", 411: "Content-Length is required",
     412: "A precondition did not hold", 413: "The body is too large",
-    415: "The body must be application/json", 416: "The range is not satisfiable",
+    415: "The body must be application/json, or a file type a bot package's folder does "
+         "not accept", 416: "The range is not satisfiable",
+    422: "Refused by the malware scanner",
     429: "Rate limit exceeded (see Retry-After)",
     500: "Internal error (logged with the request id)", 501: "Not implemented",
     503: "The gateway is starting or unavailable", 507: "Storage quota exceeded",
@@ -298,6 +498,29 @@ def envelope(data: Schema, description: str = "OK", *, message: bool = False,
                        **headers)
 
 
+def page_of(item: Schema, *, keyset: bool = False) -> Schema:
+    """A list's envelope (:mod:`gateway.api.pagination`): an offset page (the items as
+    ``data``, the paging state as ``pagination``, the total also in ``X-Total-Count``);
+    ``keyset``: or, when asked with a keyset parameter, ``data`` holds ``items`` and
+    ``pageInfo`` (no ``X-Total-Count`` then)."""
+    offset = obj({"success": TRUE, "data": array(item), "pagination": ref("Pagination")},
+                 description="An offset page (limit, offset, sort, order, filter)")
+    total = s("How many match, over every page")
+    if not keyset:
+        return json_answer(offset, X_Total_Count=total)
+    by_key = obj({"success": TRUE, "data": obj({"items": array(item),
+                                                 "pageInfo": ref("PageInfo")})},
+                 description="A keyset page (cursor, where, order_by, total)")
+    return may_send(json_answer({"anyOf": [offset, by_key]}),
+                    X_Total_Count={**total, "description": "Offset pages"})
+
+
+def may_send(answer: Schema, **headers: Schema) -> Schema:
+    """``answer`` with headers that are sent only sometimes."""
+    extra = {name.replace("_", "-"): {"schema": schema} for name, schema in headers.items()}
+    return {**answer, "headers": {**answer["headers"], **extra}}
+
+
 # -- operations ----------------------------------------------------------------------------
 
 
@@ -313,9 +536,10 @@ _JSON_BODY_ERRORS = (400, 413, 415)
 
 
 def param(where: str, name: str, schema: Schema, description: str | None = None, *,
-          required: bool = False, example: Any = None) -> Schema:
+          required: bool = False, example: Any = None, **extra: Any) -> Schema:
+    """A parameter; ``extra``: more of its fields (``style``, ``explode``)."""
     p: Schema = {"name": name, "in": where, "schema": schema,
-                 "required": required or where == "path"}
+                 "required": required or where == "path", **extra}
     if description:
         p["description"] = description
     if example is not None:
@@ -374,7 +598,9 @@ _OBJECT_HEADERS = {"ETag": s(), "Last-Modified": s(), "Content-Length": s()}
 _BINARY_ANY = {"*/*": {"schema": BINARY}}
 _OBJECT_PATH = "/v1/storage/buckets/{bucket}/objects/{key}"
 _STORAGE_READ = (400, 403, 404)
-_STORAGE_WRITE = (400, 403, 404, 413, 507)
+#: Writes: 415 when a bot package's folder refuses the file's type, 422 when the malware
+#: scanner (if one is configured) refuses the bytes.
+_STORAGE_WRITE = (400, 403, 404, 413, 415, 422, 507)
 
 
 def _object_read(head: bool) -> Schema:
@@ -588,6 +814,280 @@ def admin_paths() -> dict[str, Schema]:
     }
 
 
+def feed_paths() -> dict[str, Schema]:
+    """The change feed and object search: below ``/v1/storage``, so flat errors."""
+    return {
+        "/v1/storage/changes": {
+            "get": op("listChanges", "change feed", "Changes to objects, in commit order",
+                      {200: json_answer(ref("ChangePage"))}, errors=_STORAGE_READ,
+                      style=STORAGE, params=(
+                          param("query", "bucket", s(), "Required, except for "
+                                "administrators (then: every bucket)", example="mybot.gbai"),
+                          param("query", "prefix", s(), "Only keys that start with it",
+                                example="docs/"),
+                          param("query", "since", s(), (
+                              "A cursor from an earlier answer: the changes after it; "
+                              "\"now\": from the head of the log on; absent: from the oldest "
+                              "change kept")),
+                          param("query", "limit", {"type": "integer", "minimum": 1,
+                                                   "default": 100},
+                                "Values above 1000 count as 1000"),
+                          param("query", "wait", {**COUNT, "default": 0},
+                                f"Seconds to hold the request while nothing is new (long "
+                                f"polling); values above {MAX_WAIT} count as {MAX_WAIT}")),
+                      description="Whoever may read the bucket. The answer's cursor resumes "
+                                  "after its last change, or at the head of the log when "
+                                  "the page is not full.")},
+        "/v1/storage/buckets/{bucket}/search": {
+            "get": op("searchObjects", "search", "Search a bucket's objects",
+                      {200: envelope(ref("SearchPage"))}, errors=_STORAGE_READ,
+                      style=STORAGE, params=(BUCKET, *_keyset_params(OBJECTS, {
+                          "fieldPath": "key", "predicate": "starts_with", "value": "docs/"})),
+                      description="Whoever may list the bucket: its latest, live objects. "
+                                  "The answer is the envelope; errors are flat, as everywhere "
+                                  "below /v1/storage.")},
+    }
+
+
+def _keyset_params(entity: Entity, where: dict[str, Any]) -> tuple[Schema, ...]:
+    """The pagination reference's keyset parameters over ``entity``'s fieldPaths
+    (:mod:`gateway.service.query`); ``where``: an example condition."""
+    fields = sorted(entity.fields) + (["metadata.<name>"] if entity.dynamic else [])
+    sortable = sorted(name for name, f in entity.fields.items() if f.sortable)
+    first = entity.default_order[0].field
+
+    def compact(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    return (
+        param("query", "where", s(), (
+            f"JSON (URI-encoded): a condition, a leaf {{fieldPath, predicate, value}} "
+            f"({', '.join(LEAF_PREDICATES)}) or a branch {{predicate, operands}} "
+            f"({', '.join(BRANCH_PREDICATES)}). fieldPaths: {', '.join(fields)}"),
+              example=compact(where)),
+        param("query", "order_by", s(), (
+            "JSON (URI-encoded): {fieldPath, direction: ASC|DESC} or a list of them "
+            f"(default: {first}; ties broken by {entity.tiebreak}). Sortable: "
+            f"{', '.join(sortable)}"),
+              example=compact([{"fieldPath": first, "direction": "DESC"}])),
+        param("query", "cursor", s(), (
+            f"JSON (URI-encoded): {{first|last: 1 to {MAX_PAGE} (default {DEFAULT_PAGE}), "
+            "after|before: a cursor from pageInfo}; a cursor holds only for the order it "
+            "was made with"), example=compact({"first": 10})),
+        param("query", "total", {**BOOL, "default": False},
+              "Count the matches (pageInfo.total)"))
+
+
+def _list_params(sortable: tuple[str, ...], default: str, filterable: tuple[str, ...],
+                 keyset: tuple[Entity, dict[str, Any]] | None = None) -> tuple[Schema, ...]:
+    """The overview's list parameters (:mod:`gateway.api.pagination`); ``keyset``: the
+    list also answers keyset pages over this entity (with this example condition)."""
+    apart = " Not with cursor, where, order_by or total (400)." if keyset else ""
+    offset = (
+        param("query", "limit", {"type": "integer", "minimum": 1, "default": DEFAULT_LIMIT},
+              f"Values above {MAX_LIMIT} count as {MAX_LIMIT}.{apart}"),
+        param("query", "offset", {**COUNT, "default": 0}, apart.strip() or None),
+        param("query", "sort", s(enum=sorted(sortable), default=default)),
+        param("query", "order", s("Case-insensitive", enum=["asc", "desc"], default="asc")),
+        param("query", "filter", obj({name: s() for name in filterable}, *filterable),
+              "filter[<field>]=<value>: an exact match; several combine with AND; other "
+              "fields are a 400", style="deepObject", explode=True))
+    return offset + (_keyset_params(*keyset) if keyset else ())
+
+
+_TWO_WAYS = ("An offset page (limit, offset, sort, order, filter[…]), or, when any of cursor, "
+             "where, order_by or total is given, a keyset page: the two do not mix (400).")
+
+
+def bot_paths() -> dict[str, Schema]:
+    """The bot platform (:mod:`gateway.api.bots`, :mod:`gateway.api.bot_package`)."""
+    customer_id = param("path", "customer_id", s(), "The customer's id (a UUID)")
+    bot_id = param("path", "bot_id", s(), "The bot's id (a UUID)")
+    user_id = param("path", "user_id", s(), "The chat user's id (a UUID)")
+    conversation = param("path", "conversation", s(pattern="^[a-z0-9]{12}$"),
+                         "The conversation's id (its token)")
+    of_bot = param("query", "botId", s(minLength=1), "The bot the users are of",
+                   required=True)
+    owner_check = param("query", "customerId", s(),
+                        "When given, it must be the bot owner's (400 otherwise)")
+    secrets_inside = {"allOf": [ref("Bot"), ref("BotSecrets")]}
+    no_store = s("no-store: the answer holds a secret", enum=["no-store"])
+    package_types = {"application/x-tar": {"schema": BINARY},
+                     "application/gzip": {"schema": BINARY}}
+    package_description = (
+        "The bot's owner, its admins and administrators; bots:read. In key order; content "
+        "types, metadata and headers in PAX records.")
+    package_params = (bot_id, param("query", "format", s(enum=["tar", "tar.gz"],
+                                                          default="tar")))
+    package_headers = {"Content_Disposition": s(example='attachment; filename="mybot.gbai.tar"')}
+    created = {"allOf": [secrets_inside, {"required": ["secret"]}]}
+    c, b, u, v, t = ("customers", "bots", "bot users", "conversations",
+                     "bot administration")
+    return {
+        "/v1/customers": {
+            "post": op("createCustomer", c, "The caller's customer, created when missing",
+                       {200: envelope(ref("Customer"), "It exists (the body is ignored)",
+                                      message=True),
+                        201: envelope(ref("Customer"), "Created", message=True)},
+                       errors=(403,), body="CustomerFields", body_required=False,
+                       description="Created from the body and the user's profile (name, "
+                                   "email); bots:write.")},
+        "/v1/customers/{customer_id}": {
+            "get": op("getCustomer", c, "A customer", {200: envelope(ref("Customer"))},
+                      errors=(403, 404), params=(customer_id,),
+                      description="Its own user and administrators (403 for others)."),
+            "put": op("updateCustomer", c, "Change a customer",
+                      {200: envelope(ref("Customer"), message=True)},
+                      errors=(403, 404), params=(customer_id,), body="CustomerFields")},
+        "/v1/bots": {
+            "post": op("createBot", b, "Create a bot and its package bucket",
+                       {201: envelope(created, "Created", message=True, Cache_Control=no_store)},
+                       errors=(403, 404, 409, 507), body="CreateBot",
+                       description="Makes the bucket <name>.gbai (owned by the customer's "
+                                   "user) with the package layout, then the bot; the webhook "
+                                   "secret (and an S3 key when asked for) is shown this "
+                                   "once. 404: no such customerId; 409: the name or bucket "
+                                   "is taken."),
+            "get": op("listBots", b, "The bots the caller owns or administers",
+                      {200: page_of(ref("Bot"), keyset=True)}, errors=(400, 403),
+                      params=_list_params(("id", "name", "createdAt", "state", "customerId"),
+                                          "createdAt", ("id", "name", "state", "customerId",
+                                                        "bucket", "url"),
+                                          (BOTS, {"fieldPath": "state", "predicate": "eq",
+                                                  "value": "enabled"})),
+                      description="Administrators: every bot. " + _TWO_WAYS)},
+        "/v1/bots/{bot_id}": {
+            "get": op("getBot", b, "A bot", {200: envelope(ref("Bot"))},
+                      errors=(400, 403, 404), params=(bot_id, owner_check),
+                      description="Its owner, its admins and administrators."),
+            "put": op("updateBot", b, "Change a bot, join it, or renew its secrets",
+                      {200: may_send(envelope(secrets_inside, message=True),
+                                     Cache_Control=no_store)},
+                      errors=(403, 404), params=(bot_id,), body="UpdateBot",
+                      description="Its owner, its admins and administrators; anyone with "
+                                  "its invite code may join (admins: \"me\"). secret and "
+                                  "s3Key appear only when renewed or minted."),
+            "delete": op("deleteBot", b, "Delete a bot (its package bucket remains)",
+                         {200: envelope(ref("BotDeleted"), message=True)},
+                         errors=(403, 404), params=(bot_id,),
+                         description="Its owner and administrators.")},
+        "/v1/bots/{bot_id}/package": {
+            "get": op("exportPackage", b, "The bot's package as a tar (or tar.gz)",
+                      {200: {"description": "The archive, streamed",
+                             "headers": _headers(**package_headers),
+                             "content": package_types}},
+                      errors=(400, 403, 404), params=package_params,
+                      description=package_description),
+            "head": op("headPackage", b, "The export's headers",
+                       {200: {"description": "The archive's headers (no body)",
+                              "headers": _headers(**package_headers)}},
+                       errors=(400, 403, 404), style=HEAD, params=package_params),
+            "post": {**op("importPackage", b, "Replace or merge the package from an archive",
+                          {200: envelope(ref("PackageImported"), message=True)},
+                          errors=(400, 403, 404, 409, 413, 415, 422, 507), params=(
+                              bot_id, param("query", "mode", s(
+                                  "replace: remove the keys the archive lacks; merge: keep "
+                                  "them", enum=list(MODES), default="replace"))),
+                          description="All or nothing: every member passes the package "
+                                      "rules an upload would (415, 422), then the package "
+                                      "changes in one transaction. Tar or tar.gz, told "
+                                      "apart by the first bytes (the Content-Type is not "
+                                      "looked at). The owner, its admins and "
+                                      "administrators; bots:write and storage:write."),
+                     "requestBody": {"required": True, "content": {
+                         **package_types, "application/octet-stream": {"schema": BINARY}}}}},
+        "/v1/users": {
+            "post": op("createBotUser", u, "Add a chat user to a bot",
+                       {200: envelope(ref("BotUser"), "One with this externalId exists",
+                                      message=True),
+                        201: envelope(ref("BotUser"), "Created", message=True)},
+                       errors=(403, 404), body="CreateBotUser"),
+            "get": op("listBotUsers", u, "A bot's chat users",
+                      {200: page_of(ref("BotUser"), keyset=True)},
+                      errors=(400, 403, 404), params=(
+                          of_bot, owner_check,
+                          param("query", "botStatus", s(enum=list(BOT_STATUSES)),
+                                "= filter[botStatus]"),
+                          param("query", "externalId", s(), "= filter[externalId]"),
+                          param("query", "facebookId", s(), "= filter[externalId]"),
+                          *_list_params(("id", "createdAt", "externalId", "botStatus"),
+                                        "createdAt",
+                                        ("id", "externalId", "botStatus", "customerId"),
+                                        (BOT_USERS, {"fieldPath": "botStatus",
+                                                     "predicate": "eq", "value": "active"}))),
+                      description=_TWO_WAYS + " botStatus, externalId and facebookId are "
+                                              "offset filters too."),
+            "put": op("updateBotUsers", u, "Change several of a bot's users at once",
+                      {200: envelope(array(ref("BotUser")), message=True)},
+                      errors=(403, 404), body="UpdateBotUsers",
+                      description="404 names the ids that are not the bot's users.")},
+        "/v1/users/{user_id}": {
+            "get": op("getBotUser", u, "A bot's chat user", {200: envelope(ref("BotUser"))},
+                      errors=(400, 403, 404), params=(user_id, of_bot, owner_check)),
+            "put": op("updateBotUser", u, "Change a bot's chat user",
+                      {200: envelope(ref("BotUser"), message=True)},
+                      errors=(403, 404), params=(user_id,), body="UpdateBotUser")},
+        "/v1/conversations": {
+            "post": op("createConversation", v, "Start a conversation (the caller owns it)",
+                       {201: envelope(ref("Conversation"), "Created", message=True)},
+                       errors=(403,), body="CreateConversation"),
+            "get": op("listConversations", v, "The conversations the caller takes part in",
+                      {200: page_of(ref("Conversation"), keyset=True)}, errors=(400, 403),
+                      params=_list_params(("id", "name", "createdAt", "role", "owner"),
+                                          "createdAt", ("id", "name", "role", "owner"),
+                                          (CONVERSATIONS, {
+                                              "fieldPath": "role", "predicate": "in",
+                                              "value": ["owner", "moderator"]})),
+                      description=_TWO_WAYS)},
+        "/v1/conversations/{conversation}": {
+            "get": op("getConversation", v, "A conversation",
+                      {200: envelope(ref("Conversation"))}, errors=(403, 404),
+                      params=(conversation,),
+                      description="404 unless the caller takes part in it.")},
+        "/v1/conversations/{conversation}/participants": {
+            "post": op("addParticipant", v, "Add a participant, or change their role",
+                       {200: envelope(ref("Conversation"), "The role changed", message=True),
+                        201: envelope(ref("Conversation"), "Added", message=True)},
+                       errors=(403, 404), params=(conversation,), body="NewParticipant",
+                       description="The owner and moderators.")},
+        "/v1/conversations/{conversation}/participants/{user}": {
+            "delete": op("removeParticipant", v, "Remove a participant, or leave",
+                         {200: envelope(nullable({**ref("Conversation"),
+                                                  "description": "null: the caller left"}),
+                                        message=True)},
+                         errors=(400, 403, 404), params=(
+                             conversation, param("path", "user", s(), "A user name")),
+                         description="The owner and moderators remove others; anyone may "
+                                     "leave; the owner stays (400).")},
+        "/v1/bot/admin": {
+            "get": op("listAllBots", t, "Every bot, with its webhook health",
+                      {200: page_of(ref("TalkBot"), keyset=True)}, errors=(400, 403),
+                      params=_list_params(("id", "name", "state", "error_count"), "name",
+                                          ("id", "name", "state", "url_hash"),
+                                          (ADMIN_BOTS, {"fieldPath": "error_count",
+                                                        "predicate": "gt", "value": 0})),
+                      description="Administrators. " + _TWO_WAYS)},
+        "/v1/bot/{conversation}": {
+            "get": op("listConversationBots", t, "The bots a conversation may enable",
+                      {200: page_of(ref("ConversationBot"))}, errors=(400, 403, 404),
+                      params=(conversation, *_list_params(("id", "name", "state"), "name",
+                                                          ("id", "name", "state"))),
+                      description="Its owner and moderators: every bot but the no-setup "
+                                  "ones, state 1 where enabled here.")},
+        "/v1/bot/{conversation}/{bot_id}": {
+            "post": op("enableBot", t, "Enable a bot in a conversation",
+                       {200: envelope(ref("ConversationBot"), "It was enabled already",
+                                      message=True),
+                        201: envelope(ref("ConversationBot"), "Enabled", message=True)},
+                       errors=(400, 403, 404), params=(conversation, bot_id),
+                       description="The owner and moderators; the bot must be enabled on "
+                                   "the server (400 otherwise, or for an unknown bot)."),
+            "delete": op("disableBot", t, "Disable a bot in a conversation",
+                         {200: envelope(ref("ConversationBot"), message=True)},
+                         errors=(400, 403, 404), params=(conversation, bot_id))},
+    }
+
+
 def docs_paths() -> dict[str, Schema]:
     page = {"description": "OK", "headers": _headers(Cache_Control=s(), ETag=s())}
     same = {"description": "Not modified (If-None-Match)", "headers": _headers()}
@@ -631,8 +1131,17 @@ def document() -> dict[str, Any]:
             ("storage", "Buckets and objects (the Storage API reference)"),
             ("auth", "Login sessions"), ("tokens", "API tokens"),
             ("admin", "Users, S3 keys, groups and bucket grants"),
-            ("quotas", "Bucket quotas and usage"), ("docs", "This documentation"))],
-        "paths": {**storage_paths(), **account_paths(), **admin_paths(), **docs_paths()},
+            ("quotas", "Bucket quotas and usage"),
+            ("change feed", "Every object change, paged by cursor, with long polling"),
+            ("search", "Object search (the query language of the pagination reference)"),
+            ("customers", "The bot platform's customers: they own bots"),
+            ("bots", "Bots, their package buckets, and packages as archives"),
+            ("bot users", "A bot's chat users"),
+            ("conversations", "Conversations and their participants"),
+            ("bot administration", "Bots across the server and in conversations"),
+            ("docs", "This documentation"))],
+        "paths": {**storage_paths(), **feed_paths(), **account_paths(), **admin_paths(),
+                  **bot_paths(), **docs_paths()},
         "components": {
             "schemas": SCHEMAS,
             "responses": _responses(),

@@ -25,6 +25,8 @@ from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway.metadata.models import change_counter, changes
+from gateway.service.listing import successor
+from gateway.types import MAX_SQL_INT
 
 EVENT_PUT = "s3:ObjectCreated:Put"
 EVENT_POST = "s3:ObjectCreated:Post"
@@ -109,7 +111,7 @@ def page(conn: Connection, *, after: int, limit: int, bucket: str | None = None,
         cond.append(changes.c.bucket == bucket)
     if prefix:
         cond.append(changes.c.key >= prefix)
-        upper = prefix_upper(prefix)
+        upper = successor(prefix)
         if upper is not None:
             cond.append(changes.c.key < upper)
     rows = conn.execute(select(changes).where(and_(*cond)).order_by(changes.c.seq)
@@ -117,14 +119,6 @@ def page(conn: Connection, *, after: int, limit: int, bucket: str | None = None,
     found = [_row(r) for r in rows]
     resume = found[-1].seq if len(found) == limit else max(top, after)
     return found, resume
-
-
-def prefix_upper(prefix: str) -> str | None:
-    """The smallest string above every string starting with ``prefix`` (None: no bound)."""
-    stripped = prefix.rstrip("\U0010ffff")
-    if not stripped:
-        return None
-    return stripped[:-1] + chr(ord(stripped[-1]) + 1)
 
 
 def purge(conn: Connection, before: datetime) -> int:
@@ -142,9 +136,11 @@ def decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("not a change-feed cursor") from None
-    if not raw.startswith(_CURSOR_PREFIX) or not raw[len(_CURSOR_PREFIX):].isdigit():
+    digits = raw[len(_CURSOR_PREFIX):]
+    if not raw.startswith(_CURSOR_PREFIX) or not digits.isascii() or not digits.isdigit() \
+            or len(digits) > 19 or int(digits) > MAX_SQL_INT:
         raise ValueError("not a change-feed cursor")
-    return int(raw[len(_CURSOR_PREFIX):])
+    return int(digits)
 
 
 class ChangeHub:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 
 from gateway.metadata import repo
-from gateway.service.context import Context
 from gateway.types import BucketRecord, ObjectRecord
+
+if TYPE_CHECKING:
+    from gateway.service.context import Context
 
 MAX_KEYS = 1000
 _BATCH = 1000
