@@ -227,6 +227,12 @@ def test_workers_start_together_on_a_fresh_database(tmp_path_factory: pytest.Tem
             s3.put_object(Bucket="workers", Key=f"k{i}", Body=b"%d" % i)
         for i in range(30):
             assert s3.get_object(Bucket="workers", Key=f"k{i}")["Body"].read() == b"%d" % i
+        # The first worker to start answers; the others may still be starting (each
+        # imports the whole gateway, on a machine busy with other tests).
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete") < 3 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
         log = server.log()
         assert log.count("Application startup complete") == 3, log
         assert "Traceback" not in log and "failed to start" not in log, log
