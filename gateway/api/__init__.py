@@ -132,9 +132,6 @@ class ApiApp:
             if gateway is None:
                 raise errors.ServiceUnavailable("The gateway is starting.")
             scope[GATEWAY_SCOPE_KEY] = gateway
-            if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
-                raise ApiError(400, "VALIDATION_ERROR",
-                               "The path and query may not contain the NUL character")
             limits = self.owner.rate_limits
             if limits is not None:
                 decision = await _count(limits, scope)

@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.common import gateway_of, ok, read_json, require_admin, require_caller
 from gateway.api.errors import ApiError, validation_error
+from gateway.api.pagination import page_request, paged
 from gateway.service.accounts import AlreadyExists, NotFound
 
 
@@ -222,6 +223,21 @@ async def delete_grant(request: Request) -> JSONResponse:
               message="Grant revoked")
 
 
+# -- refused uploads ---------------------------------------------------------------------------
+
+
+async def list_rejections(request: Request) -> JSONResponse:
+    """Uploads the package rules or the malware scanner refused (``order=desc``: newest
+    first)."""
+    await require_admin(request)
+    page = page_request(request, sortable=("createdAt",), default_sort="createdAt",
+                        filterable=("bucket", "reason", "principal"))
+    items, total = await gateway_of(request).packages.rejections(
+        filters={name: value for name, value in page.filters.items()},
+        descending=page.descending, limit=page.limit, offset=page.offset)
+    return paged(items, total, page)
+
+
 routes: list[BaseRoute] = [
     Route("/v1/admin/users", list_users, methods=["GET"]),
     Route("/v1/admin/users", create_user, methods=["POST"]),
@@ -237,4 +253,5 @@ routes: list[BaseRoute] = [
     Route("/v1/admin/buckets/{bucket}/grants", list_grants, methods=["GET"]),
     Route("/v1/admin/buckets/{bucket}/grants", put_grant, methods=["PUT"]),
     Route("/v1/admin/buckets/{bucket}/grants", delete_grant, methods=["DELETE"]),
+    Route("/v1/admin/rejections", list_rejections, methods=["GET"]),
 ]

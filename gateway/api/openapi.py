@@ -283,6 +283,11 @@ SCHEMAS: dict[str, Schema] = {
                                  "total=true"}}),
     "SearchPage": obj({"items": array(ref("SearchItem")), "pageInfo": ref("PageInfo")}),
     # the bot platform
+    "Rejection": obj({
+        "id": {"type": "integer"}, "bucket": s(), "key": s(),
+        "reason": s(enum=["type", "size", "infected", "unscannable"]),
+        "detail": nullable(s()), "principal": nullable(s()), "createdAt": s(format="date-time"),
+    }, description="An upload that was refused; nothing of it was stored"),
     "Pagination": obj({"limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
                        "offset": COUNT, "total": COUNT, "sort": s(),
                        "order": s(enum=["asc", "desc"])}),
@@ -742,6 +747,12 @@ def admin_paths() -> dict[str, Schema]:
     a = "admin"
     grants_errors = (403, 404)
     return {
+        "/v1/admin/rejections": {
+            "get": op("listRejections", a,
+                      "Uploads refused by a package rule or the malware scanner",
+                      {200: page_of(ref("Rejection"))}, errors=(400, 403),
+                      params=_list_params(("createdAt",), "createdAt",
+                                          ("bucket", "reason", "principal")))},
         "/v1/admin/users": {
             "get": op("listUsers", a, "List users", {200: envelope(array(ref("User")))},
                       errors=(403,)),

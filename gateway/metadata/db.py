@@ -28,7 +28,8 @@ import fcntl
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,8 +37,11 @@ from typing import Any, TypeVar
 import anyio
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
+
+from gateway import errors
 
 log = logging.getLogger("gateway.db")
 
@@ -192,8 +196,9 @@ class Database:
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         if self._async_engine is not None:
-            async with self._async_engine.connect() as aconn:
-                return await aconn.run_sync(fn)
+            with _text_errors():
+                async with self._async_engine.connect() as aconn:
+                    return await aconn.run_sync(fn)
         conn = self._read_conn
         if conn is None:
             raise RuntimeError("Database.start() was not awaited")
@@ -216,8 +221,9 @@ class Database:
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Runs ``fn`` in a write transaction; returns once it is durably committed."""
         if self._async_engine is not None:
-            async with self._async_engine.begin() as aconn:
-                return await aconn.run_sync(fn)
+            with _text_errors():
+                async with self._async_engine.begin() as aconn:
+                    return await aconn.run_sync(fn)
         if self._writer is None:
             raise RuntimeError("Database.start() was not awaited")
         return await self._writer.submit(fn)
@@ -238,6 +244,22 @@ class Database:
         self._read_engine.dispose()
         self._write_engine.dispose()
         self._scan_engine.dispose()
+
+
+#: PostgreSQL's "invalid byte sequence" (a NUL in text) and "untranslatable character".
+_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+
+@contextmanager
+def _text_errors() -> Iterator[None]:
+    """Text PostgreSQL cannot store (a NUL character; SQLite takes it) is the client's
+    error wherever it came from — a key, a name, a query parameter — not a server error."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in _TEXT_SQLSTATES:
+            raise errors.InvalidArgument("Text may not contain the NUL character") from None
+        raise
 
 
 def alembic_config(url: str) -> Any:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import filetype
-from sqlalchemy import and_, insert, select
+from sqlalchemy import and_, func, insert, select, true
 
 from gateway import errors
 from gateway.metadata.models import buckets, objects, upload_rejections
@@ -412,6 +412,27 @@ class PackageService:
             raise
         finally:
             await inspection.aclose()
+
+    async def rejections(self, *, filters: Mapping[str, str], descending: bool, limit: int,
+                         offset: int) -> tuple[list[dict[str, Any]], int]:
+        """Refused uploads in the order they were refused (for administrators)."""
+        t = upload_rejections
+        cond = [t.c[name] == value for name, value in filters.items()]
+
+        def read(conn: Any) -> tuple[list[dict[str, Any]], int]:
+            where = and_(true(), *cond)
+            total = int(conn.execute(select(func.count()).select_from(t).where(where))
+                        .scalar_one())
+            order = t.c.id.desc() if descending else t.c.id.asc()
+            rows = conn.execute(select(t).where(where).order_by(order)
+                                .limit(limit).offset(offset)).all()
+            return [{"id": r.id, "bucket": r.bucket, "key": r.key, "reason": r.reason,
+                     "detail": r.detail, "principal": r.principal,
+                     "createdAt": r.created_at.isoformat().replace("+00:00", "Z")}
+                    for r in rows], total
+
+        result: tuple[list[dict[str, Any]], int] = await self.ctx.db.read(read)
+        return result
 
     async def record_rejection(self, bucket: str, key: str, exc: BaseException,
                                principal: str | None) -> None:
