@@ -41,12 +41,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from sqlalchemy import BigInteger, ColumnElement, String, case, cast
+from sqlalchemy import ColumnElement, String, case, cast
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from gateway import errors
 from gateway.checksums import DigestingStream
@@ -61,7 +58,16 @@ from gateway.service.accounts import (
 from gateway.service.buckets import BucketService, validate_bucket_name
 from gateway.service.context import Context
 from gateway.service.objects import ObjectService
-from gateway.service.query import Entity, Field, Page, Query, SortKey, byte_ordered, fetch_page
+from gateway.service.query import (
+    Entity,
+    Field,
+    Page,
+    Query,
+    SortKey,
+    byte_ordered,
+    epoch_seconds,
+    fetch_page,
+)
 from gateway.service.quota import QuotaService
 from gateway.types import ObjectAttributes, Principal
 
@@ -356,23 +362,6 @@ _USER_FIELDS = frozenset({"id", "botId", "customerId", "externalId", "facebookId
 # -- what the lists' keyset pages filter and sort by (gateway.service.query) -------------------
 
 
-class epoch_seconds(FunctionElement[int]):
-    """Whole seconds since 1970 of a stored UTC date-time (``bot/admin`` shows dates so)."""
-
-    type = BigInteger()
-    inherit_cache = True
-    name = "epoch_seconds"
-
-
-@compiles(epoch_seconds)
-def _epoch_seconds(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
-    return f"CAST(strftime('%s', {compiler.process(element.clauses, **kw)}) AS INTEGER)"
-
-
-@compiles(epoch_seconds, "postgresql")
-def _epoch_seconds_pg(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
-    return (f"CAST(floor(extract(epoch FROM {compiler.process(element.clauses, **kw)})) "
-            "AS BIGINT)")
 
 
 def text_field(column: ColumnElement[Any], *, nullable: bool = False) -> Field:

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Integer,
     Select,
@@ -456,6 +457,25 @@ def _byte_ordered(element: byte_ordered, compiler: SQLCompiler, **kw: Any) -> st
 @compiles(byte_ordered, "postgresql")
 def _byte_ordered_pg(element: byte_ordered, compiler: SQLCompiler, **kw: Any) -> str:
     return f'({compiler.process(element.clauses, **kw)}) COLLATE "C"'
+
+
+class epoch_seconds(FunctionElement[int]):
+    """Whole seconds since 1970 of a stored UTC date-time (``bot/admin`` shows dates so)."""
+
+    type = BigInteger()
+    inherit_cache = True
+    name = "epoch_seconds"
+
+
+@compiles(epoch_seconds)
+def _epoch_seconds(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(strftime('%s', {compiler.process(element.clauses, **kw)}) AS INTEGER)"
+
+
+@compiles(epoch_seconds, "postgresql")
+def _epoch_seconds_pg(element: epoch_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    return (f"CAST(floor(extract(epoch FROM {compiler.process(element.clauses, **kw)})) "
+            "AS BIGINT)")
 
 
 class text_position(FunctionElement[int]):
