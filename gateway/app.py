@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
+from gateway import console, metrics
 from gateway.api import build_api
 from gateway.api.ws import ChangeSocket
 from gateway.core import Gateway
@@ -71,9 +72,11 @@ class GatewayApp:
         self.ws = ChangeSocket()
         self.own = Starlette(
             routes=[Route("/healthz", self.healthz), Route("/readyz", self.readyz),
-                    WebSocketRoute("/ws", self.ws.endpoint)],
+                    WebSocketRoute("/ws", self.ws.endpoint), *console.routes],
             lifespan=self.lifespan,
         )
+        if settings.metrics_enabled:
+            self.own.router.routes.insert(0, Route("/metrics", self.scrape))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -98,6 +101,8 @@ class GatewayApp:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
         settings.multipart_expiry_seconds  # noqa: B018 - a bad value stops the start here
+        if settings.json_logs:
+            logging.captureWarnings(True)  # a JSON log holds nothing but JSON lines
         rate_limits = RateLimits.from_settings(settings)  # a bad value stops the start here
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
@@ -162,6 +167,10 @@ class GatewayApp:
 
     async def healthz(self, _request: Request) -> Response:
         return PlainTextResponse("ok")
+
+    async def scrape(self, _request: Request) -> Response:
+        """Prometheus text format, without credentials (see :mod:`gateway.metrics`)."""
+        return Response(await metrics.render(self.gateway), media_type=metrics.CONTENT_TYPE)
 
     async def readyz(self, _request: Request) -> Response:
         gateway = self.gateway

@@ -7,8 +7,9 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 
-from gateway import admin_cli, maintenance_cli, quota_cli
+from gateway import admin_cli, logs, maintenance_cli, quota_cli
 from gateway.settings import Settings
 
 _HELP = {
@@ -28,6 +29,8 @@ _HELP = {
     "root_access_key": "the first admin's access key",
     "root_secret_key": "the first admin's secret key",
     "log_level": "debug, info, warning, error",
+    "log_format": "'text' (default) or 'json': one JSON object per log line",
+    "metrics": "'on' (default): GET /metrics for Prometheus, without credentials; 'off'",
     "secret_key": "encrypts S3 secrets at rest (default: <data dir>/secret.key)",
     "gc_grace_seconds": "age before an unreferenced blob may be collected",
     "housekeeping_seconds": "how often upload expiry and garbage collection run (3600)",
@@ -87,9 +90,13 @@ def serve(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[f"GATEWAY_{f.name.upper()}"] = str(value)
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    settings.metrics_enabled  # noqa: B018 - a bad value stops the start here
+    log_config = logs.logging_config(settings)
+    logs.configure(settings)
+    # Before any worker starts (they inherit the directory through the environment).
+    metrics_dir = _prepare_metrics(settings)
+    if metrics_dir is not None:
+        logging.getLogger("gateway").info("worker metrics are collected in %s", metrics_dir)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -97,9 +104,20 @@ def serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers if settings.workers > 1 else None,
         log_level=settings.log_level,
+        # uvicorn applies this in every worker process; the gateway writes its own access
+        # lines (``gateway.access``), with the request id and without credentials.
+        log_config=log_config,
         access_log=False,
         proxy_headers=False,
         server_header=False,
         date_header=True,
     )
     return 0
+
+
+def _prepare_metrics(settings: Settings) -> Path | None:
+    """Multiprocess metrics for several workers; imported here, where the gateway serves,
+    so that other commands need not load the metrics client."""
+    from gateway.metrics import prepare_multiprocess
+
+    return prepare_multiprocess(settings)

@@ -38,6 +38,12 @@ class Settings:
     #: Encrypts S3 secret keys at rest; default: a key file in the data dir (mode 0600).
     secret_key: str = field(default="", repr=False)
     log_level: str = "info"
+    #: ``text`` (one human-readable line per record) or ``json`` (one JSON object per line,
+    #: for log collectors); access lines carry the request's fields either way.
+    log_format: str = "text"
+    #: ``on``: ``GET /metrics`` answers in the Prometheus text format, without credentials
+    #: (as scrapers expect); ``off``: no metrics endpoint.
+    metrics: str = "on"
     #: Seconds after which an unreferenced blob may be garbage-collected.
     gc_grace_seconds: int = 3600
     #: How often housekeeping (upload expiry, garbage collection) runs, on one instance.
@@ -84,6 +90,14 @@ class Settings:
         return S3Options(endpoint=self.s3_endpoint, access_key=self.s3_access_key,
                          secret_key=self.s3_secret_key, region=self.s3_region,
                          placement=self.s3_placement)
+
+    @property
+    def json_logs(self) -> bool:
+        return _choice("log_format", self.log_format, ("text", "json")) == "json"
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return _choice("metrics", self.metrics, ("on", "off")) == "on"
 
     @property
     def multipart_expiry_seconds(self) -> int:
@@ -136,6 +150,14 @@ class Settings:
         values.update({k: _convert(kinds[k], v) if isinstance(v, str) else v
                        for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    word = value.strip().lower()
+    if word not in allowed:
+        raise ValueError(f"GATEWAY_{name.upper()} must be one of {', '.join(allowed)}, "
+                         f"not {value!r}")
+    return word
 
 
 def _convert(kind: Any, raw: str) -> Any:

@@ -7,7 +7,8 @@ skipped). Helpers for handlers live in :mod:`gateway.api.common`.
 The app gives each request an id (``X-Request-Id``), puts the running Gateway in the
 request scope, and renders every error as JSON (:mod:`gateway.api.errors`): Starlette's own
 exception handlers are switched off below ``/api`` so that 404/405 and unknown exceptions
-reach the renderer too.
+reach the renderer too. Each request is counted (:mod:`gateway.metrics`) and logged
+(:mod:`gateway.logs`) under its route's template.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from typing import TYPE_CHECKING, Protocol
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Route, Router
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway import errors, ratelimit
-from gateway.api.auth import get_caller
+from gateway import errors, metrics, ratelimit
+from gateway.api.auth import _CALLER_SCOPE_KEY, Caller, get_caller
 from gateway.api.errors import (
     GATEWAY_SCOPE_KEY,
     REQUEST_ID_SCOPE_KEY,
+    RESOURCE_SCOPE_KEY,
     ApiError,
     error_response,
 )
 from gateway.headers import declares_body
+from gateway.logs import RequestRecord, log_access, request_id_var
 from gateway.service.context import new_request_id
 
 if TYPE_CHECKING:
@@ -39,7 +42,9 @@ if TYPE_CHECKING:
     from gateway.ratelimit import RateLimits
 
 log = logging.getLogger("gateway.api")
-access_log = logging.getLogger("gateway.access")
+
+#: Where the API is mounted (``gateway.app`` dispatches to it), for the names of operations.
+API_PREFIX = "/api"
 
 #: Route modules, in order (the first matching route wins). Extend this list.
 ROUTE_MODULES: tuple[str, ...] = (
@@ -101,23 +106,30 @@ class ApiApp:
         scope[REQUEST_ID_SCOPE_KEY] = rid
         # No Starlette exception handlers below /api: every error is rendered here, as JSON.
         scope["starlette.exception_handlers"] = ({}, {})
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        client = scope.get("client")
+        record = RequestRecord("json", scope["method"], raw_path,
+                               scope["query_string"].decode("latin-1"), rid,
+                               remote=client[0] if client else None)
+        token = request_id_var.set(rid)
         body_done = False
         started = False
-        status = 0
         decision: ratelimit.Decision | None = None
 
         async def tracked_receive() -> Message:
             nonlocal body_done
             message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body_done = True
+            if message["type"] == "http.request":
+                record.bytes_in += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_done = True
             return message
 
         async def sender(message: Message) -> None:
-            nonlocal started, status
+            nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                status = message["status"]
+                record.status = message["status"]
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-Id"] = rid
                 headers.update(ratelimit.headers(decision))
@@ -125,6 +137,8 @@ class ApiApp:
                     # Answered without taking the body (an error, usually): the connection
                     # cannot carry another request.
                     headers["Connection"] = "close"
+            elif message["type"] == "http.response.body":
+                record.bytes_out += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -137,15 +151,49 @@ class ApiApp:
                 decision = await _count(limits, scope)
             await self.router(scope, tracked_receive, sender)
         except Exception as exc:
+            metrics.count_backend_error(exc)
             if started:
                 # Bytes are flowing: a failure can only abort the connection.
                 log.warning("request %s failed after its response started", rid, exc_info=exc)
                 raise
             await error_response(exc, scope, rid)(scope, tracked_receive, sender)
         finally:
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s %d %s %.1fms", scope["method"], scope["path"], status,
-                                rid, (time.perf_counter() - started_at) * 1000)
+            self._describe(scope, record)
+            record.finish(started_at)
+            metrics.observe(record)
+            log_access(record)
+            request_id_var.reset(token)
+
+    def _describe(self, scope: Scope, record: RequestRecord) -> None:
+        """Name the request for metrics and the access log: its route's template (a bounded
+        set, unlike paths), what it was about, and who asked."""
+        template = self._template(scope)
+        record.operation = (f"{scope['method']} {API_PREFIX}{template}" if template
+                            else "unmatched")
+        resource = scope.get(RESOURCE_SCOPE_KEY)
+        params = scope.get("path_params") or {}
+        if isinstance(resource, dict) and resource:
+            record.bucket, record.key = resource.get("bucket"), resource.get("key")
+        else:
+            bucket, key = params.get("bucket"), params.get("key")
+            record.bucket = bucket if isinstance(bucket, str) else None
+            record.key = key if isinstance(key, str) else None
+        caller = scope.get(_CALLER_SCOPE_KEY)  # set once a handler authenticated
+        if isinstance(caller, Caller):
+            record.principal = caller.principal.name
+
+    def _template(self, scope: Scope) -> str | None:
+        """The path template of the route the request matched (the first of a path with
+        another method, for a 405); None when no route has its path."""
+        partial: str | None = None
+        for route in self.router.routes:
+            path = getattr(route, "path", None)
+            match, _ = route.matches(scope)
+            if match is Match.FULL and path:
+                return str(path)
+            if match is Match.PARTIAL and partial is None and path:
+                partial = str(path)
+        return partial
 
 
 async def _count(limits: RateLimits, scope: Scope) -> ratelimit.Decision | None:

@@ -15,7 +15,6 @@ reference's flat ``{"error", "message", …}``; everywhere else the overview's e
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -53,6 +52,15 @@ from gateway.service.query import (
     Entity,
 )
 from gateway.service.tokens import PERMISSIONS
+from gateway.static_files import (
+    IMMUTABLE,
+    REVALIDATE,
+    StaticFile,
+    fill_versions,
+    packaged,
+    serve,
+    static_file,
+)
 
 Schema = dict[str, Any]
 SWAGGER_UI_VERSION = "5.35.0"
@@ -1186,68 +1194,45 @@ ASSETS: dict[str, tuple[str, str]] = {
     "swagger-ui-bundle.js.LICENSE.txt": ("swagger-ui/swagger-ui-bundle.js.LICENSE.txt",
                                          "text/plain"),
 }
-_IMMUTABLE = "public, max-age=31536000, immutable"  # the page names assets by content hash
 _PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
              "img-src 'self' data:; connect-src 'self'; font-src 'self' data:; "
              "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-@dataclass(frozen=True)
-class _File:
-    body: bytes
-    media_type: str
-    etag: str
-
-
-def _file(body: bytes, media_type: str) -> _File:
-    return _File(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
-
-
 @cache
-def _asset(name: str) -> _File:
+def _asset(name: str) -> StaticFile:
     path, media_type = ASSETS[name]
-    text = media_type.startswith("text/")
-    data = resources.files("gateway.api").joinpath("static", *path.split("/")).read_bytes()
-    return _file(data, media_type + ("; charset=utf-8" if text else ""))
+    return packaged("gateway.api", "static/" + path, media_type)
 
 
 @cache
-def _page() -> _File:
+def _page() -> StaticFile:
     html = resources.files("gateway.api").joinpath("static", "docs.html").read_text("utf-8")
-    for name in ASSETS:
-        html = html.replace("{{" + name + "}}", _asset(name).etag.strip('"')[:16])
-    return _file(html.encode(), "text/html; charset=utf-8")
+    html = fill_versions(html, ((name, _asset(name)) for name in ASSETS))
+    return static_file(html.encode(), "text/html; charset=utf-8")
 
 
 @cache
-def _openapi() -> _File:
-    return _file(json.dumps(document(), separators=(",", ":")).encode(), "application/json")
-
-
-def _serve(request: Request, file: _File, cache_control: str,
-           extra: dict[str, str] | None = None) -> Response:
-    headers = {"ETag": file.etag, "Cache-Control": cache_control,
-               "X-Content-Type-Options": "nosniff", **(extra or {})}
-    if file.etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(file.body, headers=headers, media_type=file.media_type)
+def _openapi() -> StaticFile:
+    return static_file(json.dumps(document(), separators=(",", ":")).encode(),
+                       "application/json")
 
 
 async def openapi_json(request: Request) -> Response:
-    return _serve(request, _openapi(), "no-cache")
+    return serve(request, _openapi(), REVALIDATE)
 
 
 async def docs_page(request: Request) -> Response:
-    return _serve(request, _page(), "no-cache",
-                  {"Content-Security-Policy": _PAGE_CSP, "X-Frame-Options": "DENY",
-                   "Referrer-Policy": "no-referrer"})
+    return serve(request, _page(), REVALIDATE,
+                 {"Content-Security-Policy": _PAGE_CSP, "X-Frame-Options": "DENY",
+                  "Referrer-Policy": "no-referrer"})
 
 
 async def docs_asset(request: Request) -> Response:
     name: str = request.path_params["asset"]
     if name not in ASSETS:
         raise ApiError(404, "NOT_FOUND", f"No docs asset {name!r}")
-    return _serve(request, _asset(name), _IMMUTABLE)
+    return serve(request, _asset(name), IMMUTABLE)
 
 
 routes: list[BaseRoute] = [

@@ -12,11 +12,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway import errors
+from gateway import errors, metrics
 from gateway.auth import RequestView, authenticate_request
 from gateway.auth.sigv2 import query_signed_headers
 from gateway.core import Gateway
 from gateway.headers import declares_body
+from gateway.logs import RequestRecord, log_access, request_id_var
 from gateway.ratelimit import Decision, RateLimits
 from gateway.ratelimit import headers as rate_headers
 from gateway.s3 import cors
@@ -28,21 +29,6 @@ from gateway.service.context import new_request_id
 from gateway.types import ANONYMOUS, Principal
 
 log = logging.getLogger("gateway.s3")
-access_log = logging.getLogger("gateway.access")
-
-_SECRET_QUERY = ("X-Amz-Signature", "Signature", "X-Amz-Security-Token")
-
-
-def redact_query(query: str) -> str:
-    """Query strings go to the access log without signatures (a presigned URL is a bearer
-    credential until it expires)."""
-    if not query or not any(word in query for word in _SECRET_QUERY):
-        return query
-    parts = []
-    for pair in query.split("&"):
-        name = pair.split("=", 1)[0]
-        parts.append(f"{name}=REDACTED" if name in _SECRET_QUERY else pair)
-    return "&".join(parts)
 
 
 @dataclass(slots=True)
@@ -57,6 +43,8 @@ class _Parsed:
     query: dict[str, str]
     #: This request's rate-limit count (S3 limiting on), for the X-RateLimit-* headers.
     rate: Decision | None = None
+    #: Who the request authenticated as, once known (for the access log).
+    principal: Principal | None = None
 
 
 class S3Endpoint:
@@ -76,21 +64,36 @@ class S3Endpoint:
         parsed = _Parsed(scope["method"], raw_path, query_string, unquote(raw_path),
                          new_request_id(), header_pairs, headers,
                          dict(parse_qsl(query_string, keep_blank_values=True)))
+        client = scope.get("client")
+        record = RequestRecord("s3", parsed.method, raw_path, query_string, parsed.request_id,
+                               remote=client[0] if client else None)
+        token = request_id_var.set(parsed.request_id)
         body_done = False
 
         async def tracked_receive() -> Message:
             nonlocal body_done
             message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body_done = True
+            if message["type"] == "http.request":
+                record.bytes_in += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body_done = True
             return message
+
+        async def counted_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                record.bytes_out += len(message.get("body", b""))
+            await send(message)
 
         operation: Operation | None = None
         try:
             operation = self._route(parsed)
+            record.operation = operation.name
+            record.bucket, record.key = operation.bucket, operation.key
             response = await self._handle(scope, tracked_receive, parsed, operation)
         except Exception as exc:
             response = self._render_error(exc, parsed)
+        if parsed.principal is not None:
+            record.principal = parsed.principal.name
         if not body_done and declares_body(scope["headers"]):
             # Answered without taking the body: a client that sent `Expect: 100-continue`
             # will never send it, and one that did should not have gigabytes drained.
@@ -103,14 +106,14 @@ class S3Endpoint:
         response.headers["x-amz-request-id"] = parsed.request_id
         response.headers["x-amz-id-2"] = parsed.request_id
         response.headers["Server"] = "gateway"
+        record.status = response.status_code
         try:
-            await response(scope, receive, send)
+            await response(scope, receive, counted_send)
         finally:
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s%s %d %s %.1fms", parsed.method, raw_path,
-                                "?" + redact_query(query_string) if query_string else "",
-                                response.status_code, parsed.request_id,
-                                (time.perf_counter() - started) * 1000)
+            record.finish(started)
+            metrics.observe(record)
+            log_access(record)
+            request_id_var.reset(token)
 
     def _route(self, p: _Parsed) -> Operation:
         if self.gateway is None:
@@ -120,6 +123,7 @@ class S3Endpoint:
 
     def _render_error(self, exc: Exception, p: _Parsed) -> Response:
         head = p.method == "HEAD"
+        metrics.count_backend_error(exc)
         if isinstance(exc, errors.GatewayError):
             return error_response(exc, resource=p.resource, request_id=p.request_id, head=head)
         if isinstance(exc, ClientDisconnect):
@@ -153,6 +157,7 @@ class S3Endpoint:
                                                   gateway.settings.domain))
         # No credentials: the service decides what an anonymous caller may read.
         principal = ANONYMOUS if auth is None else principals[auth.access_key]
+        p.principal = principal
         if self.rate_limits is not None:
             client = scope.get("client")
             p.rate = await self.rate_limits.check_s3(principal, client[0] if client else None)

@@ -1,0 +1,172 @@
+"""Logging: one line per record, as text or JSON (``GATEWAY_LOG_FORMAT``), and the access log.
+
+Every HTTP request, S3 or JSON API, ends with one line on the ``gateway.access`` logger
+(:func:`log_access`), carrying the request id, operation, bucket, key, status, body bytes
+in and out, duration and principal. Nothing that authenticates a request is ever written:
+no header is logged, and the query-string parameters that carry signatures, credentials or
+tokens (a presigned URL is a bearer credential until it expires) are replaced by
+``REDACTED``.
+
+Any record logged while a request is handled also carries its id: the endpoints set
+:data:`request_id_var`, and the formatters read it (a context variable, so it follows the
+request into worker threads and nowhere else).
+
+:func:`logging_config` is handed to uvicorn, which applies it in its own process and in
+every worker process, so the server's own lines come out in the same format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.settings import Settings
+
+ACCESS_LOGGER = "gateway.access"
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+#: The id of the request being handled (empty outside one).
+request_id_var: ContextVar[str] = ContextVar("gateway_request_id", default="")
+
+#: Query parameters (compared case-insensitively) whose values are never logged: SigV4 and
+#: SigV2 presigned URLs, session tokens, and anything a client may put a secret in.
+SECRET_QUERY_PARAMS = frozenset({
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature",
+    "awsaccesskeyid", "token", "access_token", "api_key", "apikey", "password", "secret",
+})
+
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def redact_query(query: str) -> str:
+    """The query string with the values of :data:`SECRET_QUERY_PARAMS` replaced."""
+    if not query:
+        return query
+    parts = []
+    for pair in query.split("&"):
+        name = pair.split("=", 1)[0]
+        parts.append(f"{name}=REDACTED" if name.lower() in SECRET_QUERY_PARAMS else pair)
+    return "&".join(parts)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What one request did, filled in while it is handled; logged and counted at its end."""
+
+    #: ``s3`` or ``json``.
+    api: str
+    method: str
+    #: The path as sent (percent-encoded), and the query string as sent.
+    path: str
+    query: str
+    request_id: str
+    #: The S3 operation name, or the JSON API's ``METHOD /route/{template}``.
+    operation: str = "unknown"
+    bucket: str | None = None
+    key: str | None = None
+    status: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: The user name, or ``anonymous``.
+    principal: str = "anonymous"
+    remote: str | None = None
+    duration_ms: float = 0.0
+
+    def finish(self, started: float) -> None:
+        """``started``: ``time.perf_counter()`` when the request arrived."""
+        self.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+
+    def fields(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["query"] = redact_query(self.query)
+        return out
+
+
+def log_access(record: RequestRecord) -> None:
+    """The request's access line (at INFO, so ``GATEWAY_LOG_LEVEL=warning`` silences it)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    query = redact_query(record.query)
+    access_log.info(
+        "%s %s%s %d %s %.1fms op=%s principal=%s in=%d out=%d", record.method, record.path,
+        "?" + query if query else "", record.status, record.request_id, record.duration_ms,
+        record.operation, record.principal, record.bytes_in, record.bytes_out,
+        extra={"access": record.fields()})
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line, with the request id appended when a request is being handled."""
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = request_id_var.get()
+        if rid and not hasattr(record, "access"):
+            line += f" [request {rid}]"
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message``, the request
+    id, an access line's fields, and a traceback as ``exception``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = request_id_var.get()
+        if rid:
+            out["request_id"] = rid
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            out.update(access)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        # ASCII only: a key or message with a line break or control character stays on
+        # one line, escaped.
+        return json.dumps(out, default=str)
+
+
+def logging_config(settings: Settings) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for the server and uvicorn's loggers."""
+    formatter = "gateway.logs.JsonFormatter" if settings.json_logs else "gateway.logs.TextFormatter"
+    level = settings.log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"gateway": {"()": formatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "gateway",
+                                "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            # uvicorn's loggers carry their own handlers by default: ours instead.
+            "uvicorn": {"handlers": [], "propagate": True, "level": level},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": True},
+            "alembic": {"level": "WARNING"},
+        },
+    }
+
+
+def configure(settings: Settings) -> None:
+    """Apply :func:`logging_config` in this process; Python warnings become records too, so
+    that a JSON log holds nothing but JSON lines."""
+    import logging.config
+
+    logging.config.dictConfig(logging_config(settings))
+    logging.captureWarnings(True)
