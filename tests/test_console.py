@@ -3,11 +3,13 @@ driven by Playwright) against a real gateway process.
 
 A member logs in with a password, creates a bot-package bucket, makes folders, uploads
 three files through the file picker (one of 50 MiB: a multipart upload with parallel parts,
-whose progress bar is watched moving), opens folders from the listing, and shares a file:
+whose progress bar is watched moving, each part sent straight to the S3 endpoint by a
+presigned UploadPart URL), opens folders from the listing, and shares a file:
 the link works in a fresh browser context with none of the console's state. An admin then
 logs in with an S3 key pair, lowers the bucket's byte quota inline and sees its usage bar
 move. The browser may reach 127.0.0.1 only: every other request is blocked and recorded,
-and none may have been attempted (the console is served whole from the package).
+and none may have been attempted (the console is served whole from the package). A user
+without an S3 key still uploads by multipart: through the JSON API's part endpoint.
 
 Screenshots go to ``test-artifacts/console/`` (and the test's ``tmp_path``).
 """
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -42,6 +45,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "console"
 MiB = 1024 * 1024
 BIG_SIZE = 50 * MiB
 ALICE_PASSWORD = "alice's console password"
+DAVE_PASSWORD = "dave has no S3 key"
 BUCKET = "helpdesk.gbai"
 FOLDER = ".gbdrive/attachments/"
 TIMEOUT_MS = 30_000
@@ -55,6 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]
                    stdin=ALICE_PASSWORD + "\n").returncode == 0
     # Share links are presigned S3 URLs: signed with one of the user's S3 keys.
     assert run_cli(data, "key", "create", "--user", "alice").returncode == 0
+    assert run_cli(data, "user", "add", "dave", "--password-stdin",
+                   stdin=DAVE_PASSWORD + "\n").returncode == 0
     # A byte quota from the start, so the usage bar is there before the admin moves it.
     gw = GatewayProcess(data, env_extra={"GATEWAY_QUOTA_BUCKET_BYTES": "1GiB"}).start()
     try:
@@ -101,6 +107,20 @@ def artifacts(tmp_path: Path) -> Iterator[Path]:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def part_puts(requests: list[tuple[str, str]], origin: str, bucket: str,
+              key: str) -> tuple[list[dict[str, list[str]]], list[str]]:
+    """The PUTs the page sent for ``key``'s parts: (the queries of those that went to the
+    S3 endpoint's object URL, the URLs of those that went through the JSON API)."""
+    s3_object = f"{origin}/{quote(bucket)}/{quote(key)}"
+    api_parts = f"{origin}/api/v1/storage/buckets/{quote(bucket)}/objects/{quote(key)}" \
+        "/multipart/"
+    direct = [parse_qs(urlsplit(url).query) for method, url in requests
+              if method == "PUT" and url.split("?")[0] == s3_object]
+    through_api = [url for method, url in requests
+                   if method == "PUT" and url.startswith(api_parts)]
+    return direct, through_api
 
 
 def session(server: GatewayProcess, **login: str) -> httpx.Client:
@@ -155,6 +175,8 @@ def test_console_flow(server: GatewayProcess, browser: Any, tmp_path: Path,
     page = context.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda error: page_errors.append(str(error)))
+    requests: list[tuple[str, str]] = []
+    page.on("request", lambda request: requests.append((request.method, request.url)))
 
     # -- log in with a password -------------------------------------------------------
     page.goto(server.url + "/console")
@@ -203,6 +225,16 @@ def test_console_flow(server: GatewayProcess, browser: Any, tmp_path: Path,
     big = api_get(server, f"/storage/buckets/{BUCKET}/objects/{FOLDER}big.bin",
                   username="alice", password=ALICE_PASSWORD)
     assert sha256(big.content) == sha256(files["big.bin"])
+    # Every part went straight to the S3 endpoint by a presigned UploadPart URL.
+    direct, through_api = part_puts(requests, server.url, BUCKET, FOLDER + "big.bin")
+    assert through_api == []
+    assert sorted(int(q["partNumber"][0]) for q in direct) == list(range(1, 8))  # 8 MiB parts
+    assert all(q["uploadId"] and q["X-Amz-Signature"] and q["X-Amz-Credential"]
+               for q in direct), direct
+    assert len({q["uploadId"][0] for q in direct}) == 1
+    presigns = [url for method, url in requests if method == "POST"
+                and url.endswith(f"/objects/{quote(FOLDER)}big.bin/presign")]
+    assert len(presigns) == 7
 
     # -- cancel: a slowed-down multipart upload stops, and its stored parts are freed ----
     used = api_get(server, f"/admin/buckets/{BUCKET}/quota", username="alice",
@@ -325,6 +357,43 @@ def test_console_flow(server: GatewayProcess, browser: Any, tmp_path: Path,
     context.close()
     assert page_errors == []
     assert offline.blocked == []
+
+
+def test_console_multipart_without_s3_key(server: GatewayProcess, browser: Any,
+                                         tmp_path: Path) -> None:
+    """Presigning answers 409 for a user with no S3 key: the parts go through the JSON
+    API's part endpoint instead, and the upload still completes."""
+    bucket, key = "dave-files", "video.bin"
+    body = os.urandom(17 * MiB)  # just over the multipart threshold: three parts
+    (tmp_path / key).write_bytes(body)
+    with session(server, username="dave", password=DAVE_PASSWORD) as client:
+        assert client.post("/storage/buckets", json={"name": bucket}).status_code == 201
+    offline = Offline(server.url)
+    context = offline.install(browser.new_context(viewport={"width": 1280, "height": 900}))
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        page_errors: list[str] = []
+        page.on("pageerror", lambda error: page_errors.append(str(error)))
+        requests: list[tuple[str, str]] = []
+        page.on("request", lambda request: requests.append((request.method, request.url)))
+        page.goto(server.url + "/console")
+        page.get_by_label("User name", exact=True).fill("dave")
+        page.get_by_label("Password", exact=True).fill(DAVE_PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.locator(f'tr[data-bucket="{bucket}"]').get_by_role("link", name=bucket).click()
+        page.get_by_role("heading", name=bucket).wait_for()
+        page.get_by_label("Upload files").set_input_files(str(tmp_path / key))
+        page.locator(f'li.upload.done[data-key="{key}"]').wait_for(timeout=60_000)
+        assert page.locator(f'li.upload[data-key="{key}"] .badge').inner_text() == "multipart"
+        direct, through_api = part_puts(requests, server.url, bucket, key)
+        assert direct == [] and len(through_api) == 3, requests
+        assert page_errors == [] and offline.blocked == []
+    finally:
+        context.close()
+    got = api_get(server, f"/storage/buckets/{bucket}/objects/{key}", username="dave",
+                  password=DAVE_PASSWORD)
+    assert got.status_code == 200 and sha256(got.content) == sha256(body)
 
 
 def test_console_assets_are_cached(server: GatewayProcess) -> None:

@@ -178,10 +178,21 @@ SCHEMAS: dict[str, Schema] = {
     "Presign": obj({
         "operation": s("Case-insensitive", enum=list(("GET", "HEAD", "PUT", "DELETE")),
                        default="GET"),
+        "method": s("Another name for operation (the answer's name); when both are sent "
+                    "they must agree"),
         "expires_in": {"type": "integer", "minimum": 1, "maximum": MAX_PRESIGNED_EXPIRES,
                        "default": 3600},
-        "content_type": s("PUT: the Content-Type the upload must send; GET: the answer's")},
-        "operation", "expires_in", "content_type", closed=False),
+        "content_type": s("PUT: the Content-Type the upload must send; GET: the answer's. "
+                          "Not with a part"),
+        "upload_id": s("With part_number and operation PUT: presign an UploadPart of this "
+                       "multipart upload of the path's bucket and key (404 when there is "
+                       "no such upload)"),
+        "part_number": {"type": "integer", "minimum": 1, "maximum": MAX_PART_NUMBER,
+                        "description": "With upload_id: the part the URL uploads; "
+                                       "partNumber and uploadId are signed query "
+                                       "parameters of the URL"}},
+        "operation", "method", "expires_in", "content_type", "upload_id", "part_number",
+        closed=False),
     "PresignedUrl": obj({"url": s(format="uri"), "expires_at": WHEN, "method": s(),
                          "headers": {**STRINGS, "description": "Headers the request must send"}}),
     "InitiateMultipart": obj(dict(_ATTRIBUTES), *_ATTRIBUTES, closed=False),
@@ -693,7 +704,10 @@ def storage_paths() -> dict[str, Schema]:
                        errors=(403, 404, 409), style=STORAGE, params=(BUCKET, KEY),
                        body="Presign", body_required=False,
                        description="A SigV4 URL of the S3 endpoint, signed with the "
-                                   "caller's oldest enabled S3 key (409 without one).")},
+                                   "caller's oldest enabled S3 key (409 without one). "
+                                   "With upload_id and part_number, a URL that uploads "
+                                   "one part of that multipart upload (its answer's ETag "
+                                   "goes to the complete call).")},
         obj_path + "/multipart": {
             "post": op("createMultipartUpload", "storage", "Initiate a multipart upload",
                        {200: json_answer(ref("MultipartUpload"))}, errors=_STORAGE_READ,

@@ -309,16 +309,55 @@ async def _copy(request: Request, key: str) -> Response:
                          "destination": f"{dst_bucket}/{dst_key}", "etag": record.etag})
 
 
+def _presign_operation(body: dict[str, Any]) -> str:
+    """``operation`` (the reference's name) or ``method`` (the answer's), GET by default."""
+    operation, method = body.get("operation"), body.get("method")
+    for name, value in (("operation", operation), ("method", method)):
+        if value is not None and not isinstance(value, str):
+            raise validation_error(f"{name} must be a string", field=name)
+    if operation and method and str(operation).upper() != str(method).upper():
+        raise validation_error("operation and method differ; send one of them",
+                               field="operation")
+    chosen = str(operation or method or "GET").upper()
+    if chosen not in _PRESIGN_OPERATIONS:
+        raise validation_error(f"operation is one of {', '.join(_PRESIGN_OPERATIONS)}",
+                               field="operation")
+    return chosen
+
+
+def _presign_part(body: dict[str, Any], operation: str) -> tuple[str, int] | None:
+    """``upload_id`` and ``part_number`` of an UploadPart to presign; None for a plain
+    object operation. Both or neither: half of a part address would sign a plain PUT that
+    silently replaces the object instead of adding to the upload."""
+    upload_id, number = body.get("upload_id"), body.get("part_number")
+    if upload_id in (None, "") and number is None:
+        return None
+    if operation != "PUT":
+        raise validation_error("upload_id and part_number presign a part upload: "
+                               "operation PUT", field="operation")
+    if not isinstance(upload_id, str) or not upload_id:
+        raise validation_error("upload_id is required with part_number", field="upload_id")
+    if isinstance(number, bool) or not isinstance(number, int) \
+            or not 1 <= number <= MAX_PART_NUMBER:
+        raise validation_error(f"part_number is 1 to {MAX_PART_NUMBER}", field="part_number")
+    if body.get("content_type") not in (None, ""):
+        raise validation_error("A part takes no content_type: the upload's is set when it "
+                               "is initiated", field="content_type")
+    return upload_id, number
+
+
 async def _presign(request: Request, key: str) -> Response:
     """A SigV4 presigned S3 URL signed with one of the caller's enabled S3 keys; the caller
     must be allowed the operation now. ``content_type`` binds a PUT to that Content-Type
-    (the client must send it) and sets a GET's response Content-Type."""
+    (the client must send it) and sets a GET's response Content-Type.
+
+    With ``upload_id`` and ``part_number`` (operation PUT), the URL is an UploadPart of that
+    multipart upload: ``partNumber`` and ``uploadId`` are signed query parameters, and the
+    upload must exist for this bucket and key, checked as the part endpoint checks it, so a
+    URL is never handed out for someone else's upload."""
     caller = await get_caller(request)
     body = await read_json(request, allow_empty=True)
-    operation = str(body.get("operation") or "GET").upper()
-    if operation not in _PRESIGN_OPERATIONS:
-        raise validation_error(f"operation is one of {', '.join(_PRESIGN_OPERATIONS)}",
-                               field="operation")
+    operation = _presign_operation(body)
     write = _PRESIGN_OPERATIONS[operation]
     expires_in = body.get("expires_in", 3600)
     if (isinstance(expires_in, bool) or not isinstance(expires_in, int)
@@ -330,16 +369,21 @@ async def _presign(request: Request, key: str) -> Response:
                                      or not content_type.isascii()):
         raise validation_error("content_type must be US-ASCII text without control "
                                "characters", field="content_type")
+    part = _presign_part(body, operation)
     require(caller, "storage:write" if write else "storage:read")
     gw = gateway_of(request)
     bucket: str = request.path_params["bucket"]
-    await gw.objects.bucket(caller.principal, bucket, write=write)
+    params: dict[str, str] = {}
+    if part is not None:
+        upload = await gw.multipart.get_upload(caller.principal, bucket, key, part[0])
+        params = {"partNumber": str(part[1]), "uploadId": upload.id}
+    else:
+        await gw.objects.bucket(caller.principal, bucket, write=write)
     creds = await gw.accounts.signing_credentials(caller.principal.user_id)
     if creds is None:
         raise ApiError(409, "CONFLICT", "You have no enabled S3 access key to sign the URL "
                        "with; create one first (gateway key create --user NAME)")
     headers: dict[str, str] = {}
-    params: dict[str, str] = {}
     if content_type and operation == "PUT":
         headers["Content-Type"] = content_type
     elif content_type and operation == "GET":
