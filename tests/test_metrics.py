@@ -21,7 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests._server import GatewayProcess
+from tests._server import GatewayProcess, free_port
 from tests._server import cli_json as cli
 
 API = "/api/v1"
@@ -249,5 +249,35 @@ def test_workers_are_added_up(tmp_path: Path) -> None:
         assert server.proc is not None
         files = list((server.data_dir / ".metrics" / str(server.proc.pid)).glob("*.db"))
         assert files, "the workers count in the server's metrics directory"
+    finally:
+        server.stop()
+
+
+def test_webhook_backlog_and_failing_bots(tmp_path: Path) -> None:
+    """A bot whose receiver is down: its undelivered changes are the webhook queue's depth,
+    and it counts as failing, with its consecutive failures."""
+    server = GatewayProcess(tmp_path / "data", env_extra={
+        "GATEWAY_WEBHOOK_TIMEOUT": "1", "GATEWAY_WEBHOOK_MAX_BACKOFF": "1"}).start()
+    try:
+        tok = token(server.data_dir, "admin", "bots:read", "bots:write", "storage:write")
+        closed = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+        with api_client(server, tok) as api:
+            made = api.post(f"{API}/bots", json={"name": "down", "url": closed})
+            assert made.status_code == 201, made.text
+            bucket = made.json()["data"]["bucket"]
+            for i in range(3):
+                put = api.put(f"{API}/storage/buckets/{bucket}/objects/.gbdrive/f{i}.txt",
+                              content=b"x")
+                assert put.status_code in (200, 201), put.text
+        deadline = time.monotonic() + 30
+        while True:
+            samples = scrape(server)
+            failing = samples["gateway_webhook_failing_bots"][()]
+            if failing == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert failing == 1
+        assert samples["gateway_job_queue_depth"][("webhooks",)] == 3
+        assert samples["gateway_webhook_consecutive_failures"][()] >= 1
     finally:
         server.stop()
