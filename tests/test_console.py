@@ -161,6 +161,23 @@ WATCH_PROGRESS = """name => {
 }"""
 
 
+
+def sign_in(context: Any, url: str, user: str, password: str
+            ) -> tuple[Any, list[str], list[tuple[str, str]]]:
+    """A new page of ``context`` signed in to the console by password, with the page's
+    uncaught errors and every request it makes (method, URL) recorded."""
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    requests: list[tuple[str, str]] = []
+    page.on("request", lambda request: requests.append((request.method, request.url)))
+    page.goto(url + "/console")
+    page.get_by_label("User name", exact=True).fill(user)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    return page, page_errors, requests
+
+
 def test_console_flow(server: GatewayProcess, browser: Any, tmp_path: Path,
                       artifacts: Path) -> None:
     offline = Offline(server.url)
@@ -172,17 +189,9 @@ def test_console_flow(server: GatewayProcess, browser: Any, tmp_path: Path,
 
     context = offline.install(browser.new_context(viewport={"width": 1280, "height": 900}))
     context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page_errors: list[str] = []
-    page.on("pageerror", lambda error: page_errors.append(str(error)))
-    requests: list[tuple[str, str]] = []
-    page.on("request", lambda request: requests.append((request.method, request.url)))
 
     # -- log in with a password -------------------------------------------------------
-    page.goto(server.url + "/console")
-    page.get_by_label("User name", exact=True).fill("alice")
-    page.get_by_label("Password", exact=True).fill(ALICE_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    page, page_errors, requests = sign_in(context, server.url, "alice", ALICE_PASSWORD)
     page.get_by_role("heading", name="Buckets").wait_for()
     assert page.evaluate("() => sessionStorage.length") == 1
     assert "token" not in page.url and ALICE_PASSWORD not in page.url
@@ -372,15 +381,7 @@ def test_console_multipart_without_s3_key(server: GatewayProcess, browser: Any,
     context = offline.install(browser.new_context(viewport={"width": 1280, "height": 900}))
     context.set_default_timeout(TIMEOUT_MS)
     try:
-        page = context.new_page()
-        page_errors: list[str] = []
-        page.on("pageerror", lambda error: page_errors.append(str(error)))
-        requests: list[tuple[str, str]] = []
-        page.on("request", lambda request: requests.append((request.method, request.url)))
-        page.goto(server.url + "/console")
-        page.get_by_label("User name", exact=True).fill("dave")
-        page.get_by_label("Password", exact=True).fill(DAVE_PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
+        page, page_errors, requests = sign_in(context, server.url, "dave", DAVE_PASSWORD)
         page.locator(f'tr[data-bucket="{bucket}"]').get_by_role("link", name=bucket).click()
         page.get_by_role("heading", name=bucket).wait_for()
         page.get_by_label("Upload files").set_input_files(str(tmp_path / key))
