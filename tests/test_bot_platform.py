@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -18,9 +16,6 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from gateway.core import Gateway
-from gateway.service.bots import Actor
-from tests._inprocess import in_process_gateway
 from tests._server import ROOT_ACCESS_KEY, ROOT_SECRET_KEY, GatewayProcess
 
 API = "/api/v1"
@@ -615,52 +610,3 @@ def test_failed_creation_rolls_back(tight: GatewayProcess) -> None:
         assert data(root.get("/bots", params={"filter[name]": "cramped"})) == []
         # The name is free again.
         error(dana.post("/bots", json={"name": "cramped"}), 507, "INSUFFICIENT_STORAGE")
-
-
-# -- what the webhook dispatcher reads (in process) ---------------------------------------------
-
-
-@pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with in_process_gateway(tmp_path) as gw:
-        yield gw
-
-
-async def test_webhook_targets(gateway: Gateway) -> None:
-    root, _secret = await gateway.accounts.lookup("AK")
-    assert root is not None
-    actor = Actor(root, admin=True)
-    made = await gateway.bots.create_bot(actor, {"name": "hooked",
-                                                 "url": "https://example.com/in"})
-    await gateway.bots.create_bot(actor, {"name": "quiet"})  # no URL: no target
-    assert made.secret is not None
-
-    targets = await gateway.bots.webhook_targets()
-    assert [(t.bot_id, t.bucket, t.url, t.secret) for t in targets] == [
-        (made.bot.id, "hooked.gbai", "https://example.com/in", made.secret)]
-    target = targets[0]
-    # The layout written at creation is not news to the webhook.
-    assert target.delivered_seq >= len(LAYOUT) and target.error_count == 0
-    assert await gateway.bots.webhook_target("hooked.gbai") == target
-    assert await gateway.bots.webhook_target("quiet.gbai") is None
-
-    retry = datetime.now(UTC) + timedelta(minutes=5)
-    await gateway.bots.record_failure(target.bot_id, "HTTP 502 from the bot", retry)
-    failed = (await gateway.bots.webhook_targets())[0]
-    assert failed.error_count == 1 and failed.next_attempt_at is not None
-    talk = next(b for b in await gateway.bots.all_bots() if b.id == target.bot_id).as_talk()
-    assert talk["error_count"] == 1 and talk["last_error_message"] == "HTTP 502 from the bot"
-    assert abs(talk["last_error_date"] - datetime.now(UTC).timestamp()) < 60
-
-    await gateway.bots.record_delivery(target.bot_id, target.delivered_seq + 3)
-    await gateway.bots.record_delivery(target.bot_id, target.delivered_seq + 1)  # no step back
-    delivered = (await gateway.bots.webhook_targets())[0]
-    assert delivered.delivered_seq == target.delivered_seq + 3
-    assert delivered.error_count == 0 and delivered.next_attempt_at is None
-
-    renewed = await gateway.bots.update_bot(actor, target.bot_id, {"secret": "new",
-                                                                   "state": "disabled"})
-    assert renewed.secret is not None and renewed.secret != made.secret
-    assert await gateway.bots.webhook_targets() == []
-    await gateway.bots.update_bot(actor, target.bot_id, {"state": "enabled"})
-    assert (await gateway.bots.webhook_targets())[0].secret == renewed.secret

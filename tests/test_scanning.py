@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import tracemalloc
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -26,12 +26,10 @@ from gateway.service.scanning import (
     MAX_FRAME,
     ClamAVScanner,
     ClamdAddress,
-    NullScanner,
     Scanner,
     ScannerUnavailable,
     Verdict,
     parse_address,
-    scan_stream,
     scanner_from_settings,
 )
 from gateway.settings import Settings
@@ -114,17 +112,6 @@ async def test_eicar_across_frame_boundaries_of_a_large_chunk(clamd: ClamdProces
     scanner = ClamAVScanner(clamd.address)
     assert (await scan(scanner, [bytes(chunk)])).signature == EICAR_REPORTED
     assert await scan(scanner, [clean_chunk]) == CLEAN
-
-
-async def test_scan_stream_helper(clamd: ClamdProcess) -> None:
-    async def body(parts: list[bytes]) -> AsyncIterator[bytes]:
-        for part in parts:
-            yield part
-
-    scanner = ClamAVScanner(clamd.address)
-    assert await scan_stream(scanner, body([b"a" * 1000, b"b" * 1000])) == CLEAN
-    found = await scan_stream(scanner, body([EICAR[:10], EICAR[10:]]))
-    assert found.signature == EICAR_REPORTED
 
 
 async def test_concurrent_sessions_keep_their_own_verdicts(clamd: ClamdProcess) -> None:
@@ -297,12 +284,6 @@ def test_scanner_from_settings() -> None:
                 "tcp://host:0", "tcp://host:99999", "tcp://host:x", "tcp://[::1", "http://h:1"):
         with pytest.raises(ValueError):
             scanner_from_settings(Settings(clamav=bad))
-
-
-async def test_null_scanner_passes_everything() -> None:
-    scanner = NullScanner()
-    await scanner.ping()
-    assert await scan(scanner, [EICAR]) == CLEAN
 
 
 def test_gateway_starts_with_clamav_configured(tmp_path: Path, clamd: ClamdProcess) -> None:

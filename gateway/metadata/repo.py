@@ -63,16 +63,6 @@ _PRINCIPAL_FOR_KEY = (
 )
 
 
-def principal_for_access_key(
-    conn: Connection, access_key: str
-) -> tuple[Principal, str] | None:
-    """The user behind an enabled access key, and the key's secret."""
-    row = conn.execute(_PRINCIPAL_FOR_KEY, {"access_key": access_key}).first()
-    if row is None:
-        return None
-    return Principal(row.id, row.name, row.role, access_key), row.secret
-
-
 def user_by_name(conn: Connection, name: str) -> Row[Any] | None:
     return (conn.execute(select(users).where(users.c.name == name))).first()
 
@@ -135,15 +125,6 @@ def set_secret(conn: Connection, access_key: str, secret: str) -> None:
 def access_key_row(conn: Connection, access_key: str) -> Row[Any] | None:
     return (conn.execute(
         select(access_keys).where(access_keys.c.access_key == access_key))).first()
-
-
-def oldest_enabled_key(conn: Connection, user_id: int) -> tuple[str, str] | None:
-    """(access key, sealed secret) of a user's oldest enabled key."""
-    row = conn.execute(
-        select(access_keys.c.access_key, access_keys.c.secret)
-        .where(access_keys.c.user_id == user_id, access_keys.c.enabled.is_(True))
-        .order_by(access_keys.c.created_at, access_keys.c.access_key).limit(1)).first()
-    return (str(row.access_key), str(row.secret)) if row else None
 
 
 def insert_access_key(conn: Connection, access_key: str, user_id: int,
@@ -1154,15 +1135,6 @@ def add_bot_admin(conn: Connection, bot_id: str, customer_id: str) -> bool:
     return True
 
 
-def webhook_bots(conn: Connection, bucket: str | None = None) -> list[Any]:
-    """Enabled bots with a webhook URL (one package bucket's, when named)."""
-    stmt = select(bots).where(bots.c.state == 1, bots.c.url.is_not(None),
-                              bots.c.bucket.is_not(None))
-    if bucket is not None:
-        stmt = stmt.where(bots.c.bucket == bucket)
-    return list(conn.execute(stmt.order_by(bots.c.name)).all())
-
-
 # -- bot users (a bot's chat recipients) ------------------------------------------------------
 
 BOT_USER_SORT_COLUMNS = {"id": bot_users.c.id, "createdAt": bot_users.c.created_at,
@@ -1250,15 +1222,6 @@ def conversation_bot_ids(conn: Connection, conversation_ids: Sequence[str]
     return found
 
 
-def conversations_of_user(conn: Connection, user_id: int) -> list[Any]:
-    m = conversation_members.c
-    return list(conn.execute(
-        select(conversations, m.role.label("member_role"))
-        .select_from(conversations.join(conversation_members,
-                                        m.conversation_id == conversations.c.id))
-        .where(m.user_id == user_id).order_by(conversations.c.created_at)).all())
-
-
 def member_role(conn: Connection, conversation_id: str, user_id: int) -> str | None:
     m = conversation_members.c
     role = conn.execute(select(m.role).where(m.conversation_id == conversation_id,
@@ -1302,25 +1265,6 @@ def disable_conversation_bot(conn: Connection, conversation_id: str, bot_id: str
     c = conversation_bots.c
     result = conn.execute(delete(conversation_bots).where(c.conversation_id == conversation_id,
                                                           c.bot_id == bot_id))
-    return result.rowcount == 1
-
-
-def record_bot_delivery(conn: Connection, bot_id: str, delivered_seq: int) -> bool:
-    """Webhook delivery succeeded up to ``delivered_seq``: the cursor moves forward only,
-    and the error streak ends."""
-    result = conn.execute(update(bots).where(bots.c.id == bot_id).values(
-        delivered_seq=func.max(bots.c.delivered_seq, delivered_seq)
-        if conn.dialect.name == "sqlite" else func.greatest(bots.c.delivered_seq,
-                                                            delivered_seq),
-        error_count=0, next_attempt_at=None))
-    return result.rowcount == 1
-
-
-def record_bot_failure(conn: Connection, bot_id: str, message: str, now: datetime,
-                       next_attempt_at: datetime | None) -> bool:
-    result = conn.execute(update(bots).where(bots.c.id == bot_id).values(
-        error_count=bots.c.error_count + 1, last_error_date=now,
-        last_error_message=message, next_attempt_at=next_attempt_at))
     return result.rowcount == 1
 
 

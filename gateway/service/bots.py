@@ -76,7 +76,6 @@ log = logging.getLogger("gateway.bots")
 __all__ = [
     "ADMIN_BOTS", "BOTS", "BOT_USERS", "PACKAGE_LAYOUT", "Actor", "AlreadyExists", "Bot",
     "BotService", "BotUser", "CreatedBot", "Customer", "Forbidden", "Invalid", "NotFound",
-    "WebhookTarget",
 ]
 
 #: The Talk bots reference's states.
@@ -212,21 +211,6 @@ class CreatedBot:
         if self.s3_key is not None:
             out["s3Key"] = {"accessKey": self.s3_key[0], "secretKey": self.s3_key[1]}
         return out
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookTarget:
-    """What the webhook dispatcher needs of an enabled bot with a URL."""
-
-    bot_id: str
-    name: str
-    bucket: str
-    url: str
-    #: The webhook secret, opened (sign deliveries with it).
-    secret: str
-    delivered_seq: int
-    next_attempt_at: datetime | None
-    error_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -858,35 +842,6 @@ class BotService:
                         page.cursors)
 
         return await self.ctx.db.scan(unit)
-
-    # -- webhooks (for the dispatcher) -------------------------------------------------------
-
-    def _target(self, row: Row[Any]) -> WebhookTarget:
-        return WebhookTarget(row.id, row.name, row.bucket, row.url,
-                             self.accounts.box.open(row.secret), int(row.delivered_seq),
-                             row.next_attempt_at, int(row.error_count))
-
-    async def webhook_targets(self) -> list[WebhookTarget]:
-        """Every enabled bot with a webhook URL and a package bucket."""
-        rows = await self.ctx.db.read(repo.webhook_bots)
-        return [self._target(row) for row in rows]
-
-    async def webhook_target(self, bucket: str) -> WebhookTarget | None:
-        """The enabled bot with a URL whose package is ``bucket``, if any."""
-        rows = await self.ctx.db.read(lambda conn: repo.webhook_bots(conn, bucket))
-        return self._target(rows[0]) if rows else None
-
-    async def record_delivery(self, bot_id: str, delivered_seq: int) -> None:
-        """Changes up to ``delivered_seq`` reached the bot; its error streak ends."""
-        await self.ctx.db.write(lambda conn: repo.record_bot_delivery(conn, bot_id,
-                                                                      delivered_seq))
-
-    async def record_failure(self, bot_id: str, message: str,
-                             next_attempt_at: datetime | None) -> None:
-        """A delivery failed: counted, remembered (``bot/admin`` shows it), retried later."""
-        now = datetime.now(UTC)
-        await self.ctx.db.write(lambda conn: repo.record_bot_failure(
-            conn, bot_id, message[:2000], now, next_attempt_at))
 
     # -- bot users ---------------------------------------------------------------------------
 

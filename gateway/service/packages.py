@@ -269,7 +269,7 @@ class Inspection:
             if not verdict.clean and verdict.signature is None:
                 raise Unscannable(
                     f"The upload was refused: the malware scanner could not scan it "
-                    f"({getattr(verdict, 'error', None) or 'no verdict'})",
+                    f"({verdict.error or 'no verdict'})",
                     fields={"Key": self.key})
             if not verdict.clean:
                 raise MalwareDetected(

@@ -23,7 +23,7 @@ import asyncio
 import re
 import socket
 import struct
-from collections.abc import AsyncIterable
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Protocol, Self
@@ -107,9 +107,11 @@ class Scanner(Protocol):
         ...
 
 
-class _SessionBase:
-    async def aclose(self) -> None:
-        raise NotImplementedError
+class _SessionBase(ABC):
+    """What every session shares: ``async with`` closes it."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
 
     async def __aenter__(self) -> Self:
         return self
@@ -119,47 +121,12 @@ class _SessionBase:
         await self.aclose()
 
 
-async def scan_stream(scanner: Scanner, chunks: AsyncIterable[bytes]) -> Verdict:
-    """Scan a whole body (e.g. an object assembled from parts) with one session."""
-    async with await scanner.session() as session:
-        async for chunk in chunks:
-            await session.feed(chunk)
-            if session.verdict is not None:
-                return session.verdict
-        return await session.finish()
-
-
 def scanner_from_settings(settings: Settings) -> Scanner | None:
     """The scanner ``GATEWAY_CLAMAV`` names, or ``None`` when scanning is off. A malformed
     address raises ``ValueError`` at startup rather than failing every upload later."""
     if not settings.clamav.strip():
         return None
     return ClamAVScanner(settings.clamav)
-
-
-# --- scanning off ---------------------------------------------------------------------------
-
-class _NullSession(_SessionBase):
-    verdict: Verdict | None = None
-
-    async def feed(self, chunk: bytes) -> None:
-        return None
-
-    async def finish(self) -> Verdict:
-        return CLEAN
-
-    async def aclose(self) -> None:
-        return None
-
-
-class NullScanner:
-    """Scanning off: every body is clean. For callers that prefer a scanner to ``None``."""
-
-    async def session(self) -> ScanSession:
-        return _NullSession()
-
-    async def ping(self) -> None:
-        return None
 
 
 # --- clamd ------------------------------------------------------------------------------------
