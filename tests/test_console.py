@@ -9,7 +9,9 @@ the link works in a fresh browser context with none of the console's state. An a
 logs in with an S3 key pair, lowers the bucket's byte quota inline and sees its usage bar
 move. The browser may reach 127.0.0.1 only: every other request is blocked and recorded,
 and none may have been attempted (the console is served whole from the package). A user
-without an S3 key still uploads by multipart: through the JSON API's part endpoint.
+without an S3 key still uploads by multipart: through the JSON API's part endpoint. Files
+dropped on a folder are uploaded there, and downloads save the exact bytes (a presigned GET,
+or the session's read for a user without an S3 key).
 
 Screenshots go to ``test-artifacts/console/`` (and the test's ``tmp_path``).
 """
@@ -417,3 +419,61 @@ def test_console_assets_are_cached(server: GatewayProcess) -> None:
     assert httpx.get(server.url + "/console/assets/nothing.js").status_code == 404
     slash = httpx.get(server.url + "/console/")
     assert slash.status_code == 308 and slash.headers["location"] == "/console"
+
+
+# What a browser's drag-and-drop hands the page: a DataTransfer holding the files.
+DATA_TRANSFER = """files => {
+  const transfer = new DataTransfer();
+  for (const [name, text] of files) transfer.items.add(new File([text], name));
+  return transfer;
+}"""
+
+
+@pytest.mark.parametrize("user, password", [("alice", ALICE_PASSWORD),
+                                            ("dave", DAVE_PASSWORD)])
+def test_console_drop_and_download(server: GatewayProcess, browser: Any, user: str,
+                                   password: str) -> None:
+    """Files dropped on a folder are uploaded there; the download button saves an object's
+    exact bytes under its name — by a presigned GET for a user with an S3 key (alice), by
+    the session's JSON API read for one without (dave)."""
+    bucket = f"{user}-dropbox"
+    dropped = {"first.txt": "dropped on the folder\n", "second.csv": "a,b\n1,2\n"}
+    with session(server, username=user, password=password) as client:
+        assert client.post("/storage/buckets", json={"name": bucket}).status_code == 201
+    offline = Offline(server.url)
+    context = offline.install(browser.new_context(viewport={"width": 1280, "height": 900},
+                                                  accept_downloads=True))
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page, page_errors, requests = sign_in(context, server.url, user, password)
+        page.locator(f'tr[data-bucket="{bucket}"]').get_by_role("link", name=bucket).click()
+        page.get_by_role("heading", name=bucket).wait_for()
+        transfer = page.evaluate_handle(DATA_TRANSFER, list(dropped.items()))
+        zone = page.get_by_label("Drop files here to upload them to this folder")
+        zone.dispatch_event("dragover", {"dataTransfer": transfer})
+        page.locator(".dropzone.dragging").wait_for()
+        zone.dispatch_event("drop", {"dataTransfer": transfer})
+        for name in dropped:
+            page.locator(f'li.upload.done[data-key="{name}"]').wait_for()
+            page.locator(f'tr[data-key="{name}"]').wait_for()
+        assert page.locator(".dropzone.dragging").count() == 0
+
+        with page.expect_download() as started:
+            page.get_by_role("button", name="Download second.csv").click()
+        saved = started.value
+        assert saved.suggested_filename == "second.csv"
+        assert Path(saved.path()).read_bytes() == dropped["second.csv"].encode()
+        fetched = [url for method, url in requests if method == "GET"
+                   and url.endswith(f"/api/v1/storage/buckets/{bucket}/objects/second.csv")]
+        if user == "alice":
+            assert saved.url.startswith(f"{server.url}/{bucket}/second.csv?X-Amz-")
+            assert fetched == []
+        else:
+            assert saved.url.startswith("blob:") and len(fetched) == 1
+        assert page_errors == [] and offline.blocked == []
+    finally:
+        context.close()
+    with session(server, username=user, password=password) as client:
+        for name, text in dropped.items():
+            got = client.get(f"/storage/buckets/{bucket}/objects/{name}")
+            assert got.status_code == 200 and got.text == text
