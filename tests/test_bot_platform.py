@@ -28,7 +28,7 @@ ALL = ["storage:read", "storage:write", "bots:read", "bots:write"]
 def s3_client(url: str, access: str, secret: str) -> Any:
     return boto3.client("s3", endpoint_url=url, aws_access_key_id=access,
                         aws_secret_access_key=secret, region_name="us-east-1",
-                        config=Config(retries={"max_attempts": 1}))
+                        config=Config(retries={"total_max_attempts": 1}))
 
 
 def client(server: GatewayProcess, token: str | None = None) -> httpx.Client:

@@ -44,7 +44,7 @@ def client(server: GatewayProcess) -> Any:
     return boto3.client(
         "s3", endpoint_url=server.url, aws_access_key_id=server.access_key,
         aws_secret_access_key=server.secret_key, region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10))
 
 
 def staging_files(data_dir: Path) -> list[Path]:

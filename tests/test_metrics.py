@@ -84,7 +84,7 @@ def s3_client(server: GatewayProcess, secret: str | None = None) -> Any:
     return boto3.client(
         "s3", endpoint_url=server.url, aws_access_key_id=server.access_key,
         aws_secret_access_key=secret or server.secret_key, region_name="us-east-1",
-        config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 1},
+        config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": 1},
                                       request_checksum_calculation="when_required",
                                       response_checksum_validation="when_required"))
 

@@ -46,7 +46,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProce
 @pytest.fixture(scope="module")
 def clients(pair: list[GatewayProcess]) -> list[Any]:
     # One attempt per call: each outcome is the gateway's answer, not a retry's.
-    return [make_client(g, config=Config(retries={"max_attempts": 1, "mode": "standard"},
+    return [make_client(g, config=Config(retries={"total_max_attempts": 1, "mode": "standard"},
                                          max_pool_connections=16)) for g in pair]
 
 

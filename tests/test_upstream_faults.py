@@ -23,6 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests._server import GatewayProcess, cli_json
+from tests.test_metrics import scrape
 from tests._upstreams import GatewayUpstream, backend_env
 
 MiB = 1024 * 1024
@@ -36,7 +37,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[GatewayUpstream, GatewayProcess, Any
     # One attempt per call: the test sees what the gateway answered, not boto3's retries.
     s3 = boto3.client("s3", endpoint_url=front.url, aws_access_key_id=front.access_key,
                       aws_secret_access_key=front.secret_key, region_name="us-east-1",
-                      config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+                      config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
     s3.create_bucket(Bucket="data")
     try:
         yield upstream, front, s3
@@ -57,7 +58,7 @@ def keys(s3: Any) -> list[str]:
 
 
 def test_upstream_down_then_back(setup: tuple[GatewayUpstream, GatewayProcess, Any]) -> None:
-    upstream, _front, s3 = setup
+    upstream, front, s3 = setup
     s3.put_object(Bucket="data", Key="before", Body=b"kept")
     upstream.kill()
 
@@ -74,6 +75,12 @@ def test_upstream_down_then_back(setup: tuple[GatewayUpstream, GatewayProcess, A
     assert s3.head_object(Bucket="data", Key="before")["ContentLength"] == 4
     assert keys(s3) == ["before"]
     assert s3.list_multipart_uploads(Bucket="data").get("Uploads", []) == []
+    # Operators see it: four requests failed on the backend, each answered 503.
+    metrics = scrape(front)
+    assert sum(metrics["gateway_backend_errors_total"].values()) == 4, \
+        metrics["gateway_requests_total"]
+    assert sum(value for labels, value in metrics["gateway_requests_total"].items()
+               if labels[-1] == "503") == 4
 
     upstream.start()
     s3.put_object(Bucket="data", Key="after", Body=b"new")
