@@ -18,6 +18,7 @@ from gateway import console, metrics
 from gateway.api import build_api
 from gateway.api.ws import ChangeSocket
 from gateway.core import Gateway
+from gateway.logs import AccessLogged
 from gateway.metadata.db import Database
 from gateway.ratelimit import RateLimits
 from gateway.s3.endpoint import S3Endpoint
@@ -57,6 +58,17 @@ def _below_api(scope: Scope) -> Scope:
             "root_path": root_path + API_PREFIX}
 
 
+_OWN_OPERATIONS = {"/healthz": "Healthz", "/readyz": "Readyz", "/metrics": "Metrics",
+                   "/ws": "WebSocket"}
+
+
+def _own_operation(scope: Scope) -> str:
+    path: str = scope["path"]
+    if path == "/console" or path.startswith("/console/"):
+        return "Console"
+    return _OWN_OPERATIONS.get(path, "unmatched")
+
+
 class GatewayApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -77,6 +89,7 @@ class GatewayApp:
         )
         if settings.metrics_enabled:
             self.own.router.routes.insert(0, Route("/metrics", self.scrape))
+        self.own_logged = AccessLogged(self.own, _own_operation)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -91,11 +104,11 @@ class GatewayApp:
             if host_bucket is None and path.startswith(API_PREFIX + "/"):
                 await self.api(_below_api(scope), receive, send)
             elif host_bucket is None and own:
-                await self.own(scope, receive, send)
+                await self.own_logged(scope, receive, send)
             else:
                 await self.s3(scope, receive, send)
             return
-        await self.own(scope, receive, send)
+        await self.own_logged(scope, receive, send)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -2,7 +2,9 @@
 
 Every HTTP request, S3 or JSON API, ends with one line on the ``gateway.access`` logger
 (:func:`log_access`), carrying the request id, operation, bucket, key, status, body bytes
-in and out, duration and principal. Nothing that authenticates a request is ever written:
+in and out, duration and principal; so do the gateway's own routes (probes, ``/metrics``,
+the console, and ``/ws`` connections when they close), through :class:`AccessLogged`.
+Nothing that authenticates a request is ever written:
 no header is logged, and the query-string parameters that carry signatures, credentials or
 tokens (a presigned URL is a bearer credential until it expires) are replaced by
 ``REDACTED``.
@@ -20,11 +22,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.service.context import new_request_id
 from gateway.settings import Settings
 
 ACCESS_LOGGER = "gateway.access"
@@ -58,7 +65,7 @@ def redact_query(query: str) -> str:
 class RequestRecord:
     """What one request did, filled in while it is handled; logged and counted at its end."""
 
-    #: ``s3`` or ``json``.
+    #: ``s3``, ``json``, or ``own`` (the gateway's own routes).
     api: str
     method: str
     #: The path as sent (percent-encoded), and the query string as sent.
@@ -97,6 +104,74 @@ def log_access(record: RequestRecord) -> None:
         "?" + query if query else "", record.status, record.request_id, record.duration_ms,
         record.operation, record.principal, record.bytes_in, record.bytes_out,
         extra={"access": record.fields()})
+
+
+#: Where an endpoint that authenticates by itself (``/ws``) leaves the principal's name.
+PRINCIPAL_SCOPE_KEY = "gateway.principal"
+
+
+class AccessLogged:
+    """An access line (and a request id) for each request to ``app``, named by
+    ``operation_of``. For the gateway's own routes, which are not counted in the request
+    metrics: a scrape must not count itself, and probes would drown the figures. A WebSocket
+    is logged when it ends: status 101 once accepted, its duration the connection's, its
+    bytes those of the messages either way."""
+
+    def __init__(self, app: ASGIApp, operation_of: Callable[[Scope], str]) -> None:
+        self.app = app
+        self.operation_of = operation_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        rid = new_request_id()
+        client = scope.get("client")
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        record = RequestRecord("own", scope.get("method", "GET"), raw_path,
+                               scope["query_string"].decode("latin-1"), rid,
+                               operation=self.operation_of(scope),
+                               remote=client[0] if client else None)
+        token = request_id_var.set(rid)
+
+        async def counted_receive() -> Message:
+            message = await receive()
+            record.bytes_in += _message_size(message, "http.request", "websocket.receive")
+            return message
+
+        async def counted_send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                record.status = message["status"]
+                MutableHeaders(scope=message)["X-Request-Id"] = rid
+            elif kind == "websocket.accept":
+                record.status = 101
+                headers = list(message.get("headers") or [])
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+            elif kind == "websocket.close" and not record.status:
+                record.status = 403  # refused before the handshake completed
+            record.bytes_out += _message_size(message, "http.response.body", "websocket.send")
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, counted_send)
+        finally:
+            principal = scope.get(PRINCIPAL_SCOPE_KEY)
+            if isinstance(principal, str):
+                record.principal = principal
+            record.finish(started)
+            log_access(record)
+            request_id_var.reset(token)
+
+
+def _message_size(message: Message, *kinds: str) -> int:
+    if message["type"] not in kinds:
+        return 0
+    if message["type"] == "websocket.receive" or message["type"] == "websocket.send":
+        text = message.get("text")
+        return len(text.encode()) if text is not None else len(message.get("bytes") or b"")
+    return len(message.get("body", b""))
 
 
 class TextFormatter(logging.Formatter):

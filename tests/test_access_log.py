@@ -1,5 +1,6 @@
 """The server's log, from a real gateway process: with ``GATEWAY_LOG_FORMAT=json`` every line
-is a JSON object; every S3 and JSON API request has exactly one access line naming its
+is a JSON object; every request (S3, JSON API, and the gateway's own routes: probes,
+``/metrics``, the console, ``/ws`` connections) has exactly one access line naming its
 request id, operation, bucket, key, status, bytes, duration and principal; and nothing
 that authenticates a request (secret keys, signatures, presigned query strings, API
 tokens, session tokens, passwords) appears anywhere in the log."""
@@ -21,6 +22,7 @@ import boto3
 import botocore.config
 import httpx
 import pytest
+import websockets.sync.client
 from botocore.exceptions import ClientError
 
 from gateway.logs import redact_query
@@ -28,6 +30,7 @@ from tests._server import GatewayProcess, run_cli
 from tests._server import cli_json as cli
 
 BUCKET = "logged"
+OWN = {"Healthz", "Readyz", "Metrics", "Console", "WebSocket"}
 PASSWORD = "correct horse battery staple 42"
 WRONG_SECRET = "not-the-secret-key-at-all-0123456789ab"
 
@@ -174,6 +177,20 @@ def _workload(run: Run, api_token: str) -> None:
     run.secrets.update(re.findall(r"X-Amz-Signature=([0-9a-f]{64})", presigned))
     assert api("GET", "/no/such/route", "unmatched", "anonymous").status_code == 404
 
+    # The gateway's own routes are logged too (not counted in the request metrics).
+    for path, operation in [("/healthz", "Healthz"), ("/readyz", "Readyz"),
+                            ("/metrics", "Metrics"), ("/console", "Console"),
+                            ("/console/assets/nothing.js", "Console")]:
+        own = httpx.get(server.url + path)
+        run.seen.append(Seen(own.headers["x-request-id"], operation, own.status_code,
+                             bytes_out=len(own.content)))
+    # A /ws connection is logged when it closes, under the principal it authenticated as.
+    with websockets.sync.client.connect(server.url.replace("http", "ws") + "/ws") as ws:
+        ws.send(json.dumps({"type": "auth", "token": session}))
+        assert json.loads(ws.recv())["type"] == "authenticated"
+        run.seen.append(Seen(ws.response.headers["x-request-id"], "WebSocket", 101,
+                             principal="alice"))
+
 
 def access_lines(log: str) -> list[dict[str, Any]]:
     return [entry for entry in map(json.loads, log.splitlines())
@@ -194,7 +211,11 @@ def test_one_access_line_per_request(run: Run) -> None:
     by_id: dict[str, list[dict[str, Any]]] = {}
     for entry in lines:
         by_id.setdefault(entry["request_id"], []).append(entry)
-    assert len(lines) == len(run.seen), "an access line for each request and no other"
+    seen_ids = {seen.request_id for seen in run.seen}
+    # Before the workload: the readiness probes of GatewayProcess.start.
+    probes = [entry for entry in lines if entry["request_id"] not in seen_ids]
+    assert probes and all(entry["operation"] == "Readyz" for entry in probes), probes
+    assert len(lines) == len(run.seen) + len(probes), "an access line for each request"
     for seen in run.seen:
         assert len(by_id.get(seen.request_id, [])) == 1, seen
         entry = by_id[seen.request_id][0]
@@ -203,7 +224,8 @@ def test_one_access_line_per_request(run: Run) -> None:
         assert entry["principal"] == seen.principal, (entry, seen)
         assert entry["bucket"] == seen.bucket, (entry, seen)
         assert entry["key"] == seen.key, (entry, seen)
-        assert entry["api"] == ("json" if entry["path"].startswith("/api/") else "s3")
+        assert entry["api"] == ("json" if entry["path"].startswith("/api/") else
+                                "own" if seen.operation in OWN else "s3"), entry
         assert isinstance(entry["duration_ms"], float) and entry["duration_ms"] >= 0
         if seen.bytes_in is not None:
             assert entry["bytes_in"] == seen.bytes_in, (entry, seen)
@@ -241,6 +263,7 @@ def test_text_format_has_request_ids(tmp_path: Path) -> None:
         assert response.status_code == 401
     finally:
         server.stop()
-    line = next(line for line in server.log().splitlines() if "gateway.access" in line)
+    line = next(line for line in server.log().splitlines()
+                if "gateway.access" in line and "/api/" in line)
     assert response.headers["x-request-id"] in line
     assert "op=GET /api/v1/storage/buckets" in line and " 401 " in line

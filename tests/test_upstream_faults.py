@@ -23,8 +23,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests._server import GatewayProcess, cli_json
-from tests.test_metrics import scrape
 from tests._upstreams import GatewayUpstream, backend_env
+from tests.test_metrics import scrape
 
 MiB = 1024 * 1024
 

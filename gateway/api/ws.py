@@ -56,6 +56,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from gateway import errors
 from gateway.api.auth import ROLE_PERMISSIONS, Caller
 from gateway.api.errors import as_api_error
+from gateway.logs import PRINCIPAL_SCOPE_KEY
 from gateway.metadata.models import changes as changes_table
 from gateway.service import changes
 from gateway.service.changes import Change
@@ -470,6 +471,7 @@ class ChangeSocket:
             return
         except WebSocketDisconnect:
             return
+        websocket.scope[PRINCIPAL_SCOPE_KEY] = caller.principal.name
         session = _Session(gw, fanout, caller)
         session.outbox.offer({"type": "authenticated", "user": caller.principal.name})
         try:
