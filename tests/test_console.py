@@ -477,3 +477,49 @@ def test_console_drop_and_download(server: GatewayProcess, browser: Any, user: s
         for name, text in dropped.items():
             got = client.get(f"/storage/buckets/{bucket}/objects/{name}")
             assert got.status_code == 200 and got.text == text
+
+
+def test_console_pages_and_sorts_a_large_folder(server: GatewayProcess, browser: Any) -> None:
+    """A folder of 150 objects is shown 100 at a time (S3 continuation tokens, Next and
+    Previous), and a page sorts by size both ways from its column header."""
+    bucket = "alice-many"
+    sizes = {f"obj-{i:03d}": (i * 37) % 150 for i in range(150)}
+    with session(server, username="alice", password=ALICE_PASSWORD) as client:
+        assert client.post("/storage/buckets", json={"name": bucket}).status_code == 201
+        for key, size in sizes.items():
+            assert client.put(f"/storage/buckets/{bucket}/objects/{key}",
+                              content=b"s" * size).status_code == 200
+    offline = Offline(server.url)
+    context = offline.install(browser.new_context(viewport={"width": 1280, "height": 900}))
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page, page_errors, _ = sign_in(context, server.url, "alice", ALICE_PASSWORD)
+        page.locator(f'tr[data-bucket="{bucket}"]').get_by_role("link", name=bucket).click()
+        rows = page.locator("tr[data-key]")
+        page.locator('tr[data-key="obj-099"]').wait_for()
+
+        def shown() -> list[str]:
+            return [str(row.get_attribute("data-key")) for row in rows.all()]
+
+        assert shown() == sorted(sizes)[:100]
+        pager = page.get_by_role("navigation", name="Object pages")
+        pager.get_by_role("button", name="Next").click()
+        page.locator('tr[data-key="obj-149"]').wait_for()
+        assert shown() == sorted(sizes)[100:]
+        assert pager.get_by_role("button", name="Next").is_disabled()
+
+        page.get_by_role("button", name="Size").click()
+        page.locator("th[aria-sort='ascending']").wait_for()
+        ascending = [sizes[key] for key in shown()]
+        assert ascending == sorted(sizes[key] for key in sorted(sizes)[100:])
+        page.get_by_role("button", name="Size").click()
+        page.locator("th[aria-sort='descending']").wait_for()
+        assert [sizes[key] for key in shown()] == ascending[::-1]
+
+        pager.get_by_role("button", name="Previous").click()
+        page.locator('tr[data-key="obj-000"]').wait_for()
+        assert sorted(shown()) == sorted(sizes)[:100]
+        assert pager.get_by_role("button", name="Previous").is_disabled()
+        assert page_errors == [] and offline.blocked == []
+    finally:
+        context.close()
