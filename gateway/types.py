@@ -63,6 +63,16 @@ class BucketRecord:
     used_objects: int = 0
     reserved_bytes: int = 0
     reserved_objects: int = 0
+    #: None (never configured), ``Enabled`` or ``Suspended``.
+    versioning: str | None = None
+    tags: dict[str, str] | None = None
+    lifecycle: list[dict[str, Any]] | None = None
+    encryption: dict[str, Any] | None = None
+
+    @property
+    def versioned(self) -> bool:
+        """New writes get version ids (and deletes leave delete markers)."""
+        return self.versioning == "Enabled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +94,9 @@ class ObjectRecord:
     is_delete_marker: bool = False
     parts_count: int | None = None
     acl: str = "private"
+    is_latest: bool = True
+    tags: dict[str, str] | None = None
+    encryption: dict[str, Any] | None = None
 
     @property
     def quoted_etag(self) -> str:
@@ -209,3 +222,5 @@ class ObjectAttributes:
     headers: dict[str, str] = field(default_factory=dict)
     storage_class: str = "STANDARD"
     acl: str = "private"
+    #: Object tags (``x-amz-tagging``), or None for none.
+    tags: dict[str, str] | None = None

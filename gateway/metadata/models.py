@@ -121,6 +121,14 @@ buckets = Table(
     #: Held by writes in flight (``quota_reservations``), released when they end.
     Column("reserved_bytes", BigInteger(), nullable=False, default=0, server_default="0"),
     Column("reserved_objects", BigInteger(), nullable=False, default=0, server_default="0"),
+    #: NULL until versioning is first configured, then ``Enabled`` or ``Suspended``.
+    Column("versioning", String(16), nullable=True),
+    #: Bucket tags (name -> value), or NULL.
+    Column("tags", JSON(), nullable=True),
+    #: Lifecycle rules (``gateway.service.lifecycle``), or NULL.
+    Column("lifecycle", JSON(), nullable=True),
+    #: Default server-side encryption, or NULL.
+    Column("encryption", JSON(), nullable=True),
 )
 
 #: Gateway processes alive (heartbeat), so what a dead one held can be released.
@@ -222,6 +230,12 @@ objects = Table(
     #: Completed multipart uploads: how many parts (their layout is in ``object_parts``).
     Column("parts_count", Integer(), nullable=True),
     Column("acl", String(32), nullable=False, default="private", server_default="private"),
+    #: Object tags (name -> value), or NULL.
+    Column("tags", JSON(), nullable=True),
+    #: Server-side encryption parameters (algorithm, wrapped data key, …), or NULL.
+    Column("encryption", JSON(), nullable=True),
+    #: When a newer version (or delete marker) took this one's place; NULL while latest.
+    Column("noncurrent_since", UTCDateTime(), nullable=True),
     UniqueConstraint("bucket_id", "key", "version_id", name="uq_objects_bucket_key_version"),
     Index("ix_objects_listing", "bucket_id", "is_latest", "key"),
     Index("ix_objects_blob_key", "blob_key"),
@@ -229,6 +243,9 @@ objects = Table(
     Index("ix_objects_search_size", "bucket_id", "is_latest", "size", "key"),
     Index("ix_objects_search_modified", "bucket_id", "is_latest", "last_modified", "key"),
     Index("ix_objects_search_type", "bucket_id", "is_latest", "content_type", "key"),
+    # A key's versions, newest (highest id) first: ListObjectVersions and version lookups.
+    Index("ix_objects_versions", "bucket_id", "key", "id"),
+    Index("ix_objects_noncurrent", "is_latest", "noncurrent_since"),
 )
 
 #: The parts of an object completed from a multipart upload (for ``?partNumber=N``).
@@ -263,6 +280,8 @@ multipart_uploads = Table(
     Column("checksum_algorithm", String(16), nullable=True),
     Column("checksum_type", String(16), nullable=True),
     Column("acl", String(32), nullable=False, default="private", server_default="private"),
+    Column("tags", JSON(), nullable=True),
+    Column("encryption", JSON(), nullable=True),
     Index("ix_multipart_uploads_listing", "bucket_id", "key", "initiated_at"),
     Index("ix_multipart_uploads_initiated", "initiated_at"),
     Index("ix_multipart_uploads_blob_key", "blob_key"),

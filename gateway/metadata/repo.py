@@ -146,7 +146,8 @@ def _bucket(row: Row[Any]) -> BucketRecord:
     return BucketRecord(row.id, row.name, row.owner_id, row.region, row.created_at,
                         row.acl, row.cors, row.quota_bytes, row.quota_objects,
                         row.max_object_size, row.used_bytes, row.used_objects,
-                        row.reserved_bytes, row.reserved_objects)
+                        row.reserved_bytes, row.reserved_objects, row.versioning,
+                        row.tags, row.lifecycle, row.encryption)
 
 
 _BUCKET_BY_NAME = select(buckets).where(buckets.c.name == bindparam("name"))
@@ -207,7 +208,8 @@ _OBJECT_COLUMNS = (
     objects.c.etag, objects.c.last_modified, objects.c.blob_key, objects.c.content_type,
     objects.c.user_metadata, objects.c.headers, objects.c.checksum_algorithm,
     objects.c.checksum_value, objects.c.storage_class, objects.c.is_delete_marker,
-    objects.c.parts_count, objects.c.acl,
+    objects.c.parts_count, objects.c.acl, objects.c.is_latest, objects.c.tags,
+    objects.c.encryption,
 )
 
 
@@ -219,6 +221,8 @@ def _object(row: Any) -> ObjectRecord:
         headers=dict(row.headers or {}), checksum_algorithm=row.checksum_algorithm,
         checksum_value=row.checksum_value, storage_class=row.storage_class,
         is_delete_marker=row.is_delete_marker, parts_count=row.parts_count, acl=row.acl,
+        is_latest=row.is_latest, tags=dict(row.tags) if row.tags is not None else None,
+        encryption=row.encryption,
     )
 
 
@@ -240,6 +244,22 @@ _BUCKET_AND_LATEST = (
 
 def latest_object(conn: Connection, bucket_id: int, key: str) -> ObjectRecord | None:
     row = conn.execute(_LATEST_OBJECT, {"bucket_id": bucket_id, "key": key}).first()
+    return _object(row) if row else None
+
+
+_OBJECT_VERSION = select(*_OBJECT_COLUMNS).where(
+    objects.c.bucket_id == bindparam("bucket_id"), objects.c.key == bindparam("key"),
+    objects.c.version_id == bindparam("version_id"))
+
+
+def object_version(conn: Connection, bucket_id: int, key: str,
+                   version_id: str | None) -> ObjectRecord | None:
+    """The row of one version of ``key`` (a delete marker included); the latest when
+    ``version_id`` is None."""
+    if version_id is None:
+        return latest_object(conn, bucket_id, key)
+    row = conn.execute(_OBJECT_VERSION, {"bucket_id": bucket_id, "key": key,
+                                         "version_id": version_id}).first()
     return _object(row) if row else None
 
 

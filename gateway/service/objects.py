@@ -224,7 +224,7 @@ class ObjectService:
             "headers": attrs.headers, "checksum_algorithm": checksum[0],
             "checksum_value": checksum[1], "storage_class": attrs.storage_class,
             "owner_id": owner_id, "is_delete_marker": False, "is_latest": True,
-            "parts_count": len(parts) or None, "acl": attrs.acl,
+            "parts_count": len(parts) or None, "acl": attrs.acl, "tags": attrs.tags,
         }
 
         def unit(conn: Connection) -> tuple[int, str | None, int]:
