@@ -130,6 +130,7 @@ class GatewayApp:
         self.gateway = self.s3.gateway = gateway
         await gateway.quotas.register()
         tasks = [asyncio.create_task(self._gc_loop(gateway)),
+                 asyncio.create_task(self._lifecycle_loop(gateway)),
                  asyncio.create_task(self._heartbeat_loop(gateway)),
                  # Webhook delivery, on the instance holding its lease (released at stop).
                  asyncio.create_task(gateway.webhooks.run()),
@@ -151,22 +152,38 @@ class GatewayApp:
 
     async def _gc_loop(self, gateway: Gateway) -> None:
         """Housekeeping: expire abandoned multipart uploads, collect blobs, purge sessions;
-        on one instance at a time (see ``gateway.service.jobs``)."""
+        on one instance at a time (see ``gateway.service.jobs``). The packages'
+        ``.gbdrive/temp/`` folders expire by a lifecycle rule (``_lifecycle_loop``)."""
         settings = gateway.settings
-        period = min(settings.housekeeping_seconds, settings.multipart_expiry_seconds,
-                     settings.temp_expiry_seconds)
+        period = min(settings.housekeeping_seconds, settings.multipart_expiry_seconds)
 
         async def housekeeping() -> None:
             await gateway.multipart.expire(settings.multipart_expiry_seconds)
             await collect_garbage(gateway.ctx)
             await gateway.sessions.purge_expired()
-            await gateway.objects.expire_package_temp(settings.temp_expiry_seconds)
 
         while True:
             try:
                 await gateway.jobs.run("housekeeping", period, housekeeping)
             except Exception:
                 log.exception("housekeeping failed; will retry")
+            await asyncio.sleep(period)
+
+    async def _lifecycle_loop(self, gateway: Gateway) -> None:
+        """Bucket lifecycle rules and the bot packages' temp folders, applied on one
+        instance at a time (the ``lifecycle`` job lease): hourly by default, and as often
+        as ``GATEWAY_TEMP_EXPIRY`` needs when that is shorter."""
+        settings = gateway.settings
+        period = max(1, min(settings.housekeeping_seconds, settings.temp_expiry_seconds))
+
+        async def apply_rules() -> None:
+            await gateway.lifecycle.run()
+
+        while True:
+            try:
+                await gateway.jobs.run("lifecycle", period, apply_rules)
+            except Exception:
+                log.exception("the lifecycle run failed; will retry")
             await asyncio.sleep(period)
 
     async def _heartbeat_loop(self, gateway: Gateway) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from gateway import admin_cli, logs, maintenance_cli, quota_cli
+from gateway import admin_cli, encryption_cli, lifecycle_cli, logs, maintenance_cli, quota_cli
 from gateway.settings import Settings
 
 _HELP = {
@@ -32,6 +32,8 @@ _HELP = {
     "log_format": "'text' (default) or 'json': one JSON object per log line",
     "metrics": "'on' (default): GET /metrics for Prometheus, without credentials; 'off'",
     "secret_key": "encrypts S3 secrets at rest (default: <data dir>/secret.key)",
+    "master_key": "SSE-S3 master key(s), base64 of 32 bytes, comma-separated, the first "
+                  "encrypting (default: <data dir>/master.keys)",
     "gc_grace_seconds": "age before an unreferenced blob may be collected",
     "housekeeping_seconds": "how often upload expiry and garbage collection run (3600)",
     "cors_origins": "origins allowed cross-origin on every bucket (comma-separated)",
@@ -66,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     admin_cli.add_parsers(sub)
     quota_cli.add_parsers(sub)
     maintenance_cli.add_parsers(sub)
+    encryption_cli.add_parsers(sub)
+    lifecycle_cli.add_parsers(sub)
     return parser
 
 
@@ -77,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return quota_cli.run(args)
     if args.command in ("migrate", "fsck"):
         return maintenance_cli.run(args)
+    if args.command == "encryption":
+        return encryption_cli.run(args)
+    if args.command == "lifecycle":
+        return lifecycle_cli.run(args)
     return admin_cli.run(args.command, args)
 
 

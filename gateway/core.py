@@ -12,11 +12,13 @@ from gateway.service.buckets import BucketService
 from gateway.service.context import Context
 from gateway.service.groups import GroupService
 from gateway.service.jobs import Jobs
+from gateway.service.lifecycle import LifecycleService
 from gateway.service.multipart import MultipartService
 from gateway.service.objects import ObjectService
 from gateway.service.packages import PackageService
 from gateway.service.quota import QuotaService
 from gateway.service.sessions import SessionService
+from gateway.service.tagging import TaggingService
 from gateway.service.tokens import TokenService
 from gateway.service.webhooks import WebhookDispatcher
 from gateway.settings import Settings
@@ -38,6 +40,10 @@ class Gateway:
     webhooks: WebhookDispatcher
     #: Customers, bots, their users, conversations (``bots.conversations``).
     bots: BotService
+    #: Object and bucket tags.
+    tagging: TaggingService
+    #: Bucket lifecycle rules: their configuration and the run that applies them.
+    lifecycle: LifecycleService
 
     @property
     def settings(self) -> Settings:
@@ -63,4 +69,7 @@ class Gateway:
                    tokens=TokenService(ctx), jobs=jobs,
                    webhooks=WebhookDispatcher(ctx, jobs, box),
                    bots=BotService(ctx, accounts, BucketService(ctx, multipart), objects,
-                                   quotas))
+                                   quotas),
+                   tagging=TaggingService(ctx),
+                   lifecycle=LifecycleService(ctx, BucketService(ctx, multipart), objects,
+                                              multipart))

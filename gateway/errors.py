@@ -121,6 +121,11 @@ MalformedPOSTRequest = _error("MalformedPOSTRequest", 400,
                               "The body of your POST request is not well-formed "
                               "multipart/form-data.")
 InvalidEncodingType = _error("InvalidArgument", 400, "Invalid Encoding Method specified in Request")
+InvalidEncryptionAlgorithmError = _error(
+    "InvalidEncryptionAlgorithmError", 400,
+    "The Encryption request you specified is not valid. Supported value: AES256.")
+InvalidTag = _error("InvalidTag", 400, "The tag provided was not a valid tag.")
+BadRequest = _error("BadRequest", 400, "An error occurred when parsing the HTTP request.")
 
 # -- 403 ---------------------------------------------------------------------------------
 AccessDenied = _error("AccessDenied", 403, "Access Denied")
@@ -148,6 +153,7 @@ NoSuchUpload = _error("NoSuchUpload", 404,
                       "invalid, or the upload may have been aborted or completed.")
 NoSuchCORSConfiguration = _error("NoSuchCORSConfiguration", 404,
                                  "The CORS configuration does not exist")
+NoSuchTagSet = _error("NoSuchTagSet", 404, "The TagSet does not exist")
 NoSuchVersion = _error("NoSuchVersion", 404,
                        "The specified version does not exist.")
 MethodNotAllowed = _error("MethodNotAllowed", 405,

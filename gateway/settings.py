@@ -37,6 +37,9 @@ class Settings:
     root_secret_key: str = field(default="", repr=False)
     #: Encrypts S3 secret keys at rest; default: a key file in the data dir (mode 0600).
     secret_key: str = field(default="", repr=False)
+    #: Master key(s) for encryption at rest (SSE-S3): base64 of 32 bytes, several separated
+    #: by commas (the first encrypts, all decrypt); default: <data dir>/master.keys (0600).
+    master_key: str = field(default="", repr=False)
     log_level: str = "info"
     #: ``text`` (one human-readable line per record) or ``json`` (one JSON object per line,
     #: for log collectors); access lines carry the request's fields either way.

@@ -122,6 +122,8 @@ class UploadRecord:
     checksum_algorithm: str | None
     checksum_type: str | None
     acl: str = "private"
+    #: Tags the completed object gets (``x-amz-tagging`` of CreateMultipartUpload).
+    tags: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,8 @@ SCHEMAS: dict[str, Schema] = {
     "BucketList": obj({"buckets": array(ref("Bucket"))}),
     "CreateBucket": obj({"name": s(example="newbot.gbai"), "region": s(example="us-east-1"),
                          "versioning": {**BOOL, "default": False,
-                                        "description": "true is answered 501"}},
+                                        "description": "Keep every version of every "
+                                                       "object (S3 versioning Enabled)"}},
                         "region", "versioning", closed=False),
     "BucketCreated": obj({"bucket": s(), "created": TRUE, "location": s()}),
     "BucketDeleted": obj({"deleted": TRUE, "bucket": s()}),
@@ -164,8 +165,12 @@ SCHEMAS: dict[str, Schema] = {
         "is_truncated": BOOL,
         "continuation_token": nullable(s("Pass it back for the next page"))},
         "common_prefixes"),
-    "ObjectWritten": obj({"bucket": s(), "key": s(), "etag": s(), "version_id": {"type": "null"}}),
-    "ObjectDeleted": obj({"deleted": TRUE, "key": s()}),
+    "ObjectWritten": obj({"bucket": s(), "key": s(), "etag": s(),
+                          "version_id": nullable(s("null in a bucket never versioned"))}),
+    "ObjectDeleted": obj({"deleted": TRUE, "key": s(),
+                          "version_id": nullable(s("The version removed, or the delete "
+                                                   "marker made")),
+                          "delete_marker": BOOL}, "version_id", "delete_marker"),
     "CopyObject": obj({
         "source_bucket": s("Default: the path's bucket"),
         "source_key": s("Default: the path's key"),
@@ -464,7 +469,8 @@ _RATE_HEADERS = {name: {"$ref": f"#/components/headers/{name.replace('-', '')}"}
                               "X-RateLimit-Reset")}
 _MEANINGS = {
     400: "Invalid input", 401: "Missing or invalid credentials", 403: "Not allowed",
-    404: "Not found", 409: "Conflict", 411: "Content-Length is required",
+    404: "Not found", 405: "Not allowed on this resource (a delete marker)",
+    409: "Conflict", 411: "Content-Length is required",
     412: "A precondition did not hold", 413: "The body is too large",
     415: "The body must be application/json, or a file type a bot package's folder does "
          "not accept", 416: "The range is not satisfiable",
@@ -603,6 +609,8 @@ BUCKET = param("path", "bucket", s(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
                example="mybot.gbai")
 KEY = param("path", "key", s(minLength=1), "The object key; it may contain '/'",
             example="docs/manual.pdf")
+VERSION_ID = param("query", "version_id", s(), "One version of the object (a versioned "
+                   "bucket's, or null)")
 UPLOAD_ID = param("path", "uploadId", s(pattern="^[A-Za-z0-9_-]{64}$"),
                   "As returned when the upload was initiated")
 PART_NUMBER = param("path", "partNumber", {"type": "integer", "minimum": 1,
@@ -638,8 +646,8 @@ def _object_read(head: bool) -> Schema:
               {200: full, 206: part, 304: {"description": "Not modified (If-None-Match, "
                                                           "If-Modified-Since)",
                                            "headers": _headers()}},
-              errors=(*_STORAGE_READ, 412, 416), style=HEAD if head else STORAGE,
-              params=(BUCKET, KEY, *_READ_HEADERS),
+              errors=(*_STORAGE_READ, 405, 412, 416), style=HEAD if head else STORAGE,
+              params=(BUCKET, KEY, VERSION_ID, *_READ_HEADERS),
               description="The body streams as stored, with its Content-Type, ETag, "
                           "Last-Modified and x-amz-meta-* headers.")
 
@@ -692,7 +700,10 @@ def storage_paths() -> dict[str, Schema]:
                      "requestBody": {"required": True, "content": _BINARY_ANY}},
             "delete": op("deleteObject", "storage", "Delete an object (idempotent)",
                          {200: json_answer(ref("ObjectDeleted"))}, errors=_STORAGE_READ,
-                         style=STORAGE, params=(BUCKET, KEY))},
+                         style=STORAGE, params=(BUCKET, KEY, VERSION_ID),
+                         description="In a versioned bucket, without version_id a delete "
+                                     "marker hides the object; with it, that version is "
+                                     "removed for good.")},
         obj_path + "/copy": {
             "post": op("copyObject", "storage", "Copy an object",
                        {200: json_answer(ref("ObjectCopied"))}, errors=_STORAGE_WRITE,

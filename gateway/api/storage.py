@@ -55,6 +55,7 @@ from gateway.headers import (
     read_conditions,
     write_conditions,
 )
+from gateway.metadata.models import NULL_VERSION
 from gateway.service.listing import MAX_KEYS, decode_continuation, encode_continuation, list_keys
 from gateway.service.multipart import MAX_LIST, MAX_PART_NUMBER, CompletedPart
 from gateway.service.objects import ObjectRead
@@ -157,9 +158,8 @@ async def create_bucket(request: Request) -> Response:
     versioning = body.get("versioning", False)
     if not isinstance(versioning, bool):
         raise validation_error("versioning must be true or false", field="versioning")
-    if versioning:
-        raise errors.NotImplemented_("Bucket versioning is not supported yet.")
-    await gateway_of(request).buckets.create(caller.principal, name, region)
+    await gateway_of(request).buckets.create(caller.principal, name, region,
+                                             versioning=versioning)
     return JSONResponse({"bucket": name, "created": True, "location": f"/{name}"},
                         status_code=201, headers={"Location": f"/{name}"})
 
@@ -213,6 +213,8 @@ def _read_headers(read: ObjectRead) -> dict[str, str]:
         "Last-Modified": format_datetime(rec.last_modified, usegmt=True),
         "Accept-Ranges": "bytes",
     }
+    if rec.version_id != NULL_VERSION:
+        headers["x-amz-version-id"] = rec.version_id
     headers.update(object_headers(rec, "application/octet-stream"))
     if read.byte_range is not None:
         r = read.byte_range
@@ -230,7 +232,8 @@ async def get_object(request: Request) -> Response:
     read = await gateway_of(request).objects.open(
         caller.principal, request.path_params["bucket"], key,
         range_spec=parse_range(request.headers.get("range")),
-        conditions=read_conditions(request.headers), head=head)
+        conditions=read_conditions(request.headers), head=head,
+        version_id=request.query_params.get("version_id"))
     headers = _read_headers(read)
     status = 206 if read.byte_range is not None else 200
     if read.reader is None:
@@ -239,8 +242,9 @@ async def get_object(request: Request) -> Response:
 
 
 def _written(bucket: str, record: ObjectRecord) -> JSONResponse:
+    version = None if record.version_id == NULL_VERSION else record.version_id
     return JSONResponse({"bucket": bucket, "key": record.key, "etag": record.etag,
-                         "version_id": None}, headers={"ETag": record.quoted_etag})
+                         "version_id": version}, headers={"ETag": record.quoted_etag})
 
 
 async def put_object(request: Request) -> Response:
@@ -270,8 +274,13 @@ async def delete_object(request: Request) -> Response:
         await gw.multipart.abort(caller.principal, bucket, key, upload["upload"])
         return JSONResponse({"aborted": True, "key": key, "upload_id": upload["upload"]})
     key = _key(request, path)
-    await gw.objects.delete(caller.principal, bucket, key)
-    return JSONResponse({"deleted": True, "key": key})
+    outcome = await gw.objects.delete(caller.principal, bucket, key,
+                                      request.query_params.get("version_id"))
+    answer: dict[str, object] = {"deleted": True, "key": key}
+    if outcome.result_version_id is not None:
+        answer["version_id"] = outcome.result_version_id
+        answer["delete_marker"] = outcome.delete_marker
+    return JSONResponse(answer)
 
 
 async def post_object(request: Request) -> Response:

@@ -192,6 +192,22 @@ def set_object_acl(conn: Connection, object_id: int, acl: str) -> bool:
     return result.rowcount == 1
 
 
+def set_object_tags(conn: Connection, object_id: int, tags: dict[str, str] | None, *,
+                    latest_only: bool) -> bool:
+    """Compare-and-set an object version's tags: False when the row is gone, became a
+    delete marker, or (``latest_only``) is no longer the latest version."""
+    stmt = update(objects).where(objects.c.id == object_id,
+                                 objects.c.is_delete_marker.is_(False))
+    if latest_only:
+        stmt = stmt.where(objects.c.is_latest.is_(True))
+    return conn.execute(stmt.values(tags=tags)).rowcount == 1
+
+
+def set_bucket_tags(conn: Connection, bucket_id: int, tags: dict[str, str] | None) -> bool:
+    result = conn.execute(update(buckets).where(buckets.c.id == bucket_id).values(tags=tags))
+    return result.rowcount == 1
+
+
 def bucket_has_objects(conn: Connection, bucket_id: int) -> bool:
     stmt = select(exists().where(objects.c.bucket_id == bucket_id))
     return bool((conn.execute(stmt)).scalar())
@@ -230,16 +246,21 @@ _LATEST_OBJECT = select(*_OBJECT_COLUMNS).where(
     objects.c.bucket_id == bindparam("bucket_id"), objects.c.key == bindparam("key"),
     objects.c.is_latest.is_(True))
 
-_BUCKET_AND_LATEST = (
-    select(buckets.c.id.label("b_id"), buckets.c.name.label("b_name"),
-           buckets.c.owner_id.label("b_owner"), buckets.c.region.label("b_region"),
-           buckets.c.created_at.label("b_created"), buckets.c.acl.label("b_acl"),
-           buckets.c.cors.label("b_cors"), *_OBJECT_COLUMNS)
-    .select_from(buckets.outerjoin(objects, and_(
-        objects.c.bucket_id == buckets.c.id, objects.c.key == bindparam("key"),
-        objects.c.is_latest.is_(True))))
-    .where(buckets.c.name == bindparam("bucket"))
-)
+def _bucket_and_object(which: Any) -> Any:
+    return (
+        select(buckets.c.id.label("b_id"), buckets.c.name.label("b_name"),
+               buckets.c.owner_id.label("b_owner"), buckets.c.region.label("b_region"),
+               buckets.c.created_at.label("b_created"), buckets.c.acl.label("b_acl"),
+               buckets.c.cors.label("b_cors"), buckets.c.versioning.label("b_versioning"),
+               *_OBJECT_COLUMNS)
+        .select_from(buckets.outerjoin(objects, and_(
+            objects.c.bucket_id == buckets.c.id, objects.c.key == bindparam("key"), which)))
+        .where(buckets.c.name == bindparam("bucket"))
+    )
+
+
+_BUCKET_AND_LATEST = _bucket_and_object(objects.c.is_latest.is_(True))
+_BUCKET_AND_VERSION = _bucket_and_object(objects.c.version_id == bindparam("version_id"))
 
 
 def latest_object(conn: Connection, bucket_id: int, key: str) -> ObjectRecord | None:
@@ -264,14 +285,19 @@ def object_version(conn: Connection, bucket_id: int, key: str,
 
 
 def bucket_and_latest_object(
-    conn: Connection, bucket_name: str, key: str
+    conn: Connection, bucket_name: str, key: str, version_id: str | None = None
 ) -> tuple[BucketRecord | None, ObjectRecord | None]:
-    """One round trip for the hot read path: the bucket and its latest object row."""
-    row = conn.execute(_BUCKET_AND_LATEST, {"bucket": bucket_name, "key": key}).first()
+    """One round trip for the hot read path: the bucket and its latest object row (or the
+    row of ``version_id``)."""
+    if version_id is None:
+        row = conn.execute(_BUCKET_AND_LATEST, {"bucket": bucket_name, "key": key}).first()
+    else:
+        row = conn.execute(_BUCKET_AND_VERSION, {"bucket": bucket_name, "key": key,
+                                                 "version_id": version_id}).first()
     if row is None:
         return None, None
     bucket = BucketRecord(row.b_id, row.b_name, row.b_owner, row.b_region, row.b_created,
-                          row.b_acl, row.b_cors)
+                          row.b_acl, row.b_cors, versioning=row.b_versioning)
     return bucket, (_object(row) if row.id is not None else None)
 
 
@@ -321,6 +347,28 @@ def list_latest(
     return [_object(r) for r in (conn.execute(stmt)).all()]
 
 
+def list_versions(
+    conn: Connection, bucket_id: int, *, after_key: str | None, after_inclusive: bool,
+    below_id: int | None, prefix: str, upper: str | None, limit: int,
+) -> Sequence[ObjectRecord]:
+    """Every version and delete marker, by key (byte order), then newest first. Resumes
+    after ``after_key`` (or at it, ``after_inclusive``); with ``below_id``, first the
+    versions of ``after_key`` older than that row."""
+    cond = [objects.c.bucket_id == bucket_id]
+    if after_key is not None:
+        later = objects.c.key >= after_key if after_inclusive else objects.c.key > after_key
+        if below_id is not None:
+            later = or_(later, and_(objects.c.key == after_key, objects.c.id < below_id))
+        cond.append(later)
+    if prefix:
+        cond.append(objects.c.key >= prefix)
+    if upper is not None:
+        cond.append(objects.c.key < upper)
+    stmt = (select(*_OBJECT_COLUMNS).where(*cond)
+            .order_by(objects.c.key, objects.c.id.desc()).limit(limit))
+    return [_object(r) for r in conn.execute(stmt).all()]
+
+
 def blob_is_referenced(conn: Connection, *, blob_key: str) -> bool:
     """An object points to the blob, or a multipart upload will (or is completing into it)."""
     stmt = select(exists().where(objects.c.blob_key == blob_key)
@@ -361,7 +409,8 @@ def _upload(row: Any) -> UploadRecord:
         initiated_at=row.initiated_at, state=row.state, content_type=row.content_type,
         user_metadata=dict(row.user_metadata or {}), headers=dict(row.headers or {}),
         storage_class=row.storage_class, checksum_algorithm=row.checksum_algorithm,
-        checksum_type=row.checksum_type, acl=row.acl)
+        checksum_type=row.checksum_type, acl=row.acl,
+        tags=dict(row.tags) if row.tags is not None else None)
 
 
 def _part(row: Any) -> PartRecord:
@@ -957,11 +1006,21 @@ def job_ran(conn: Connection, name: str, owner: str, now: datetime) -> None:
                  .values(runs=job_leases.c.runs + 1, last_run_at=now))
 
 
-def lock_bucket(conn: Connection, bucket_id: int) -> None:
+_LOCK_BUCKET = select(buckets.c.versioning).where(
+    buckets.c.id == bindparam("bucket_id")).with_for_update()
+
+
+def lock_bucket(conn: Connection, bucket_id: int) -> str | None:
     """Take the bucket row's lock first (PostgreSQL; SQLite has one writer anyway): every
     unit that moves a bucket's counters and touches its objects or uploads takes the locks
-    in this order, so two of them never wait for each other (a deadlock)."""
-    conn.execute(select(buckets.c.id).where(buckets.c.id == bucket_id).with_for_update())
+    in this order, so two of them never wait for each other (a deadlock). Answers the
+    bucket's versioning state as of the lock (None: never versioned, or no such bucket)."""
+    row = conn.execute(_LOCK_BUCKET, {"bucket_id": bucket_id}).first()
+    return row.versioning if row is not None else None
+
+
+def set_bucket_versioning(conn: Connection, bucket_id: int, state: str) -> None:
+    conn.execute(update(buckets).where(buckets.c.id == bucket_id).values(versioning=state))
 
 
 # == the bot platform: scoped keys, customers, bots, bot users, conversations =============

@@ -32,6 +32,12 @@ class Op(Enum):
     DELETE_BUCKET_CORS = "DeleteBucketCors"
     GET_BUCKET_ACL = "GetBucketAcl"
     PUT_BUCKET_ACL = "PutBucketAcl"
+    GET_BUCKET_TAGGING = "GetBucketTagging"
+    PUT_BUCKET_TAGGING = "PutBucketTagging"
+    DELETE_BUCKET_TAGGING = "DeleteBucketTagging"
+    GET_BUCKET_LIFECYCLE = "GetBucketLifecycleConfiguration"
+    PUT_BUCKET_LIFECYCLE = "PutBucketLifecycleConfiguration"
+    DELETE_BUCKET_LIFECYCLE = "DeleteBucketLifecycle"
     BUCKET_SUBRESOURCE = "BucketSubresource"  # any other ?word on a bucket
     # object
     PUT_OBJECT = "PutObject"
@@ -47,6 +53,9 @@ class Op(Enum):
     LIST_PARTS = "ListParts"
     GET_OBJECT_ACL = "GetObjectAcl"
     PUT_OBJECT_ACL = "PutObjectAcl"
+    GET_OBJECT_TAGGING = "GetObjectTagging"
+    PUT_OBJECT_TAGGING = "PutObjectTagging"
+    DELETE_OBJECT_TAGGING = "DeleteObjectTagging"
     OBJECT_SUBRESOURCE = "ObjectSubresource"
     # any path
     CORS_PREFLIGHT = "CorsPreflight"
@@ -72,10 +81,19 @@ _BUCKET_NAMED = {
     ("DELETE", "cors"): Op.DELETE_BUCKET_CORS,
     ("GET", "acl"): Op.GET_BUCKET_ACL,
     ("PUT", "acl"): Op.PUT_BUCKET_ACL,
+    ("GET", "tagging"): Op.GET_BUCKET_TAGGING,
+    ("PUT", "tagging"): Op.PUT_BUCKET_TAGGING,
+    ("DELETE", "tagging"): Op.DELETE_BUCKET_TAGGING,
+    ("GET", "lifecycle"): Op.GET_BUCKET_LIFECYCLE,
+    ("PUT", "lifecycle"): Op.PUT_BUCKET_LIFECYCLE,
+    ("DELETE", "lifecycle"): Op.DELETE_BUCKET_LIFECYCLE,
 }
 _OBJECT_NAMED = {
     ("GET", "acl"): Op.GET_OBJECT_ACL,
     ("PUT", "acl"): Op.PUT_OBJECT_ACL,
+    ("GET", "tagging"): Op.GET_OBJECT_TAGGING,
+    ("PUT", "tagging"): Op.PUT_OBJECT_TAGGING,
+    ("DELETE", "tagging"): Op.DELETE_OBJECT_TAGGING,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import errors
 from gateway.auth.policy import require_bucket_access, require_full, require_owner
 from gateway.metadata import repo
+from gateway.service import versions
 from gateway.service.context import Context
 from gateway.service.groups import caller_grants
 from gateway.types import BucketRecord, Principal
@@ -50,16 +52,22 @@ class BucketService:
         self.uploads = uploads
 
     async def create(self, principal: Principal, name: str, location: str | None = None,
-                     acl: str = "private") -> BucketRecord:
+                     acl: str = "private", *, versioning: bool = False) -> BucketRecord:
         if principal.is_anonymous or principal.bucket_scope is not None:
             raise errors.AccessDenied()
         validate_bucket_name(name)
         region = location or self.ctx.settings.region
         now = datetime.now(UTC)
+
+        def unit(conn: Connection) -> BucketRecord:
+            bucket = repo.insert_bucket(conn, name, principal.user_id, region, now, acl)
+            if versioning:
+                repo.set_bucket_versioning(conn, bucket.id, versions.ENABLED)
+                bucket = replace(bucket, versioning=versions.ENABLED)
+            return bucket
+
         try:
-            return await self.ctx.db.write(
-                lambda conn: repo.insert_bucket(conn, name, principal.user_id, region, now,
-                                                acl))
+            return await self.ctx.db.write(unit)
         except IntegrityError:
             existing = await self.find(name)
             if existing is not None and existing.owner_id == principal.user_id:
@@ -115,6 +123,20 @@ class BucketService:
                        rules: list[dict[str, Any]] | None) -> None:
         bucket = await self.owned(principal, name)
         await self.ctx.db.write(lambda conn: repo.set_bucket_cors(conn, bucket.id, rules))
+
+    async def set_versioning(self, principal: Principal, name: str, state: str) -> None:
+        """``Enabled`` or ``Suspended``; a bucket never goes back to unversioned. Writes
+        committing meanwhile see the old state or the new one (they read it under the
+        bucket's lock)."""
+        if state not in versions.STATES:
+            raise errors.MalformedXML()
+        bucket = await self.owned(principal, name)
+
+        def unit(conn: Connection) -> None:
+            repo.lock_bucket(conn, bucket.id)
+            repo.set_bucket_versioning(conn, bucket.id, state)
+
+        await self.ctx.db.write(unit)
 
     async def list(self, principal: Principal) -> list[BucketRecord]:
         if principal.is_anonymous:

@@ -33,7 +33,11 @@ EVENT_POST = "s3:ObjectCreated:Post"
 EVENT_COPY = "s3:ObjectCreated:Copy"
 EVENT_COMPLETE = "s3:ObjectCreated:CompleteMultipartUpload"
 EVENT_DELETE = "s3:ObjectRemoved:Delete"
-EVENTS = (EVENT_PUT, EVENT_POST, EVENT_COPY, EVENT_COMPLETE, EVENT_DELETE)
+EVENT_DELETE_MARKER = "s3:ObjectRemoved:DeleteMarkerCreated"
+EVENT_EXPIRED = "s3:LifecycleExpiration:Delete"
+EVENT_EXPIRED_MARKER = "s3:LifecycleExpiration:DeleteMarkerCreated"
+EVENTS = (EVENT_PUT, EVENT_POST, EVENT_COPY, EVENT_COMPLETE, EVENT_DELETE,
+          EVENT_DELETE_MARKER, EVENT_EXPIRED, EVENT_EXPIRED_MARKER)
 
 _CURSOR_PREFIX = "c1:"
 

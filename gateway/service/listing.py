@@ -134,3 +134,85 @@ def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
     if idx < 0:
         return None
     return key[: idx + len(delimiter)]
+
+
+@dataclass(slots=True)
+class VersionListing:
+    #: Versions and delete markers, by key, newest first within a key.
+    versions: list[ObjectRecord] = field(default_factory=list)
+    common_prefixes: list[str] = field(default_factory=list)
+    is_truncated: bool = False
+    next_key_marker: str | None = None
+    next_version_id_marker: str | None = None
+
+
+async def list_versions(
+    ctx: Context,
+    bucket: BucketRecord,
+    *,
+    prefix: str = "",
+    delimiter: str = "",
+    key_marker: str | None = None,
+    version_id_marker: str | None = None,
+    max_keys: int = MAX_KEYS,
+) -> VersionListing:
+    """ListObjectVersions. ``version_id_marker`` (with ``key_marker``): resume after that
+    version of that key; ``key_marker`` alone: after every version of it."""
+    return await ctx.db.scan(lambda conn: _list_versions(
+        conn, bucket.id, prefix, delimiter, key_marker, version_id_marker, max_keys))
+
+
+def _list_versions(conn: Connection, bucket_id: int, prefix: str, delimiter: str,
+                   key_marker: str | None, version_id_marker: str | None,
+                   max_keys: int) -> VersionListing:
+    result = VersionListing()
+    if max_keys <= 0:
+        return result
+    upper = successor(prefix) if prefix else None
+    cursor, inclusive, below_id = key_marker or None, False, None
+    if cursor is not None and version_id_marker:
+        found = repo.object_version(conn, bucket_id, cursor, version_id_marker)
+        below_id = found.id if found is not None else None
+    if cursor is not None and delimiter:
+        cp = _common_prefix(cursor, prefix, delimiter)
+        if cp is not None and cursor >= cp:
+            nxt = successor(cp)
+            if nxt is None:
+                return result
+            cursor, inclusive, below_id = nxt, True, None
+    if cursor is not None and prefix and cursor < prefix:
+        cursor, inclusive, below_id = None, False, None
+    count = 0
+    last_cp: str | None = None
+    while True:
+        rows = repo.list_versions(conn, bucket_id, after_key=cursor, after_inclusive=inclusive,
+                                  below_id=below_id, prefix=prefix, upper=upper, limit=_BATCH)
+        for row in rows:
+            if last_cp is not None and row.key.startswith(last_cp):
+                continue
+            cp = _common_prefix(row.key, prefix, delimiter) if delimiter else None
+            if count >= max_keys:
+                result.is_truncated = True
+                return result
+            if cp is not None:
+                result.common_prefixes.append(cp)
+                result.next_key_marker, result.next_version_id_marker = cp, None
+                last_cp = cp
+            else:
+                result.versions.append(row)
+                result.next_key_marker = row.key
+                result.next_version_id_marker = row.version_id
+                last_cp = None
+            count += 1
+        if len(rows) < _BATCH:
+            result.next_key_marker = result.next_version_id_marker = None
+            return result
+        if last_cp is not None:
+            nxt = successor(last_cp)
+            if nxt is None or (upper is not None and nxt >= upper):
+                result.next_key_marker = result.next_version_id_marker = None
+                return result
+            cursor, inclusive, below_id = nxt, True, None
+        else:
+            # The rest of this key's versions (older than the last), then later keys.
+            cursor, inclusive, below_id = rows[-1].key, False, rows[-1].id

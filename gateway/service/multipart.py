@@ -135,7 +135,7 @@ class MultipartService:
             initiated_at=datetime.now(UTC), state=ACTIVE, content_type=attrs.content_type,
             user_metadata=attrs.user_metadata, headers=attrs.headers,
             storage_class=attrs.storage_class, checksum_algorithm=checksum_algorithm,
-            checksum_type=kind, acl=attrs.acl)
+            checksum_type=kind, acl=attrs.acl, tags=attrs.tags)
         values = {name: getattr(record, name) for name in record.__slots__}
         try:
             await self.ctx.db.write(lambda conn: repo.insert_upload(conn, values))
@@ -383,7 +383,8 @@ class MultipartService:
             raise
         attrs = ObjectAttributes(content_type=upload.content_type,
                                  user_metadata=upload.user_metadata, headers=upload.headers,
-                                 storage_class=upload.storage_class, acl=upload.acl)
+                                 storage_class=upload.storage_class, acl=upload.acl,
+                                 tags=upload.tags)
         try:
             return await self.objects.commit_new_blob(
                 bucket, key, completed.key, conditions, size=sum(p.size for p in chosen),
@@ -469,6 +470,11 @@ class MultipartService:
                 return False  # completed or aborted meanwhile
             await self._abort_backend(upload)
             return True
+
+    async def abort_upload(self, upload: UploadRecord) -> bool:
+        """Abort ``upload`` as the system (a lifecycle rule), with no caller to check;
+        whether it was still there to abort. Its parts leave the bucket's usage."""
+        return await self._abort(upload)
 
     async def _abort_backend(self, upload: UploadRecord) -> None:
         try:

@@ -7,11 +7,11 @@ object or the new one; the blobs nobody points to are collected later (``service
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import partial
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
@@ -25,8 +25,7 @@ from gateway.auth.policy import (
     require_full,
 )
 from gateway.metadata import repo
-from gateway.metadata.models import NULL_VERSION
-from gateway.service import changes
+from gateway.service import changes, versions
 from gateway.service.conditions import check_copy_source, check_read, check_write, resolve_range
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.groups import caller_grants
@@ -34,7 +33,6 @@ from gateway.service.packages import (
     MalwareDetected,
     PackageService,
     UnsupportedFileType,
-    expired_temp_objects,
 )
 from gateway.service.quota import NOTHING_HELD, QuotaService, Reservation
 from gateway.types import (
@@ -89,12 +87,13 @@ class ObjectRead:
 @dataclass(frozen=True, slots=True)
 class DeleteOutcome:
     key: str
+    #: The version id the request named (None: the current version).
     version_id: str | None
     error: errors.GatewayError | None = None
-
-
-class _Retry(Exception):
-    pass
+    #: A delete marker was made, or the version removed was one.
+    delete_marker: bool = False
+    #: The version the delete made or removed (None in a never-versioned bucket).
+    result_version_id: str | None = None
 
 
 def validate_key(key: str) -> None:
@@ -102,11 +101,30 @@ def validate_key(key: str) -> None:
         raise errors.KeyTooLongError(fields={"MaxSizeAllowed": str(MAX_KEY_BYTES)})
 
 
-def _check_version(version_id: str | None) -> None:
-    """Only the ``null`` version exists until versioning arrives."""
-    if version_id is not None and version_id != NULL_VERSION:
-        raise errors.InvalidArgument("Invalid version id specified", name="versionId",
-                                     value=version_id)
+def _live(record: ObjectRecord | None) -> ObjectRecord | None:
+    """The object a conditional write compares against: a delete marker is no object."""
+    return None if record is None or record.is_delete_marker else record
+
+
+_check_version = versions.check_version_id
+
+
+def _require_object(obj: ObjectRecord | None, marker: ObjectRecord | None, key: str,
+                    version_id: str | None) -> None:
+    """S3's answers for a read that finds no object: a delete marker named by version id
+    is 405, the latest being a delete marker is 404 NoSuchKey (both say so in headers),
+    an unknown version is NoSuchVersion."""
+    if marker is not None:
+        headers = {"x-amz-delete-marker": "true", "x-amz-version-id": marker.version_id}
+        if version_id is not None:
+            raise errors.MethodNotAllowed(
+                "The specified method is not allowed against this resource.",
+                fields={"Method": "GET", "ResourceType": "DeleteMarker"}, headers=headers)
+        raise errors.NoSuchKey(fields={"Key": key}, headers=headers)
+    if obj is None or obj.blob_key is None:
+        if version_id is not None:
+            raise errors.NoSuchVersion(fields={"Key": key, "VersionId": version_id})
+        raise errors.NoSuchKey(fields={"Key": key})
 
 
 class ObjectService:
@@ -156,7 +174,7 @@ class ObjectService:
             # Fail fast before taking the body; the commit checks again, atomically.
             current = await self.ctx.db.read(
                 lambda conn: repo.latest_object(conn, bucket.id, key))
-            check_write(conditions, current)
+            check_write(conditions, _live(current))
         inspection = await self.packages.precheck(bucket.name, key, size_hint, principal.name)
         try:
             reservation = await self.quotas.reserve(bucket, nbytes=hold, key=key)
@@ -227,36 +245,28 @@ class ObjectService:
             "parts_count": len(parts) or None, "acl": attrs.acl, "tags": attrs.tags,
         }
 
-        def unit(conn: Connection) -> tuple[int, str | None, int]:
-            repo.lock_bucket(conn, bucket.id)
+        def unit(conn: Connection) -> tuple[versions.Placed, int]:
+            state = repo.lock_bucket(conn, bucket.id)
             released = before(conn) if before is not None else 0
             current = repo.latest_object(conn, bucket.id, key)
-            check_write(conditions, current)
-            live = current is not None and not current.is_delete_marker
-            self.quotas.commit(conn, reservation, bucket_id=bucket.id,
-                               d_bytes=size - (current.size if live and current else 0),
-                               d_objects=0 if live else 1, released_bytes=released)
-            if current is None:
-                object_id = repo.insert_object(conn, {
-                    **values, "bucket_id": bucket.id, "key": key, "version_id": NULL_VERSION})
-                old = None
-            else:
-                if not repo.replace_object(conn, current.id, current.blob_key, values):
-                    raise _Retry  # another writer swapped the row first (PostgreSQL)
-                object_id, old = current.id, current.blob_key
-            if parts or (current is not None and current.parts_count):
-                repo.replace_object_parts(conn, object_id, parts)
-            seq = changes.record(conn, bucket.id, bucket.name,
-                                 [changes.Entry(key, event, size, etag)], now)
-            return object_id, old, seq
+            check_write(conditions, _live(current))
+            placed = versions.place(conn, bucket_id=bucket.id, key=key, state=state,
+                                    values=values, current=current, now=now)
+            self.quotas.commit(conn, reservation, bucket_id=bucket.id, d_bytes=placed.d_bytes,
+                               d_objects=placed.d_objects, released_bytes=released)
+            if parts or (placed.replaced is not None and placed.replaced.parts_count):
+                repo.replace_object_parts(conn, placed.object_id, parts)
+            seq = changes.record(conn, bucket.id, bucket.name, [changes.Entry(
+                key, event, size, etag, placed.version_id if state else None)], now)
+            return placed, seq
 
         try:
             async with shielded():
                 for _attempt in range(_COMMIT_ATTEMPTS):
                     try:
-                        object_id, old_blob, seq = await self.ctx.db.write(unit)
+                        placed, seq = await self.ctx.db.write(unit)
                         break
-                    except (_Retry, IntegrityError):
+                    except (versions.Conflict, IntegrityError):
                         if await self._bucket_gone(bucket):
                             raise errors.NoSuchBucket(
                                 fields={"BucketName": bucket.name}) from None
@@ -268,13 +278,15 @@ class ObjectService:
             await self.ctx.discard_blob(blob_key)
             raise
         self.ctx.hub.notify(seq)
-        await self.ctx.discard_blob(old_blob)
+        for old_blob in placed.freed_blobs:
+            await self.ctx.discard_blob(old_blob)
         return ObjectRecord(
-            id=object_id, bucket_id=bucket.id, key=key, version_id=NULL_VERSION, size=size,
-            etag=etag, last_modified=now, blob_key=blob_key, content_type=attrs.content_type,
-            user_metadata=attrs.user_metadata, headers=attrs.headers,
-            checksum_algorithm=checksum[0], checksum_value=checksum[1],
-            storage_class=attrs.storage_class, parts_count=len(parts) or None, acl=attrs.acl)
+            id=placed.object_id, bucket_id=bucket.id, key=key, version_id=placed.version_id,
+            size=size, etag=etag, last_modified=now, blob_key=blob_key,
+            content_type=attrs.content_type, user_metadata=attrs.user_metadata,
+            headers=attrs.headers, checksum_algorithm=checksum[0],
+            checksum_value=checksum[1], storage_class=attrs.storage_class,
+            parts_count=len(parts) or None, acl=attrs.acl, tags=attrs.tags)
 
     async def _bucket_gone(self, bucket: BucketRecord) -> bool:
         found = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, bucket.name))
@@ -291,6 +303,7 @@ class ObjectService:
         *,
         replace_metadata: bool,
         attrs: ObjectAttributes,
+        replace_tags: bool = False,
         source_conditions: ReadConditions = ReadConditions(),
         conditions: WriteConditions = WriteConditions(),
     ) -> ObjectRecord:
@@ -305,7 +318,14 @@ class ObjectService:
                 "itself without changing the object's metadata, storage class, website "
                 "redirect location or encryption attributes.")
         for _attempt in range(3):
-            src = await self.ctx.db.read(lambda conn: repo.latest_object(conn, src_b.id, src_key))
+            src = await self.ctx.db.read(
+                lambda conn: repo.object_version(conn, src_b.id, src_key, src_version))
+            if src is None and src_version is not None:
+                raise errors.NoSuchVersion(fields={"Key": src_key, "VersionId": src_version})
+            if src is not None and src.is_delete_marker and src_version is not None:
+                raise errors.InvalidRequest("The source of a copy request may not "
+                                            "specifically refer to a delete marker by "
+                                            "version id.")
             if src is None or src.is_delete_marker or src.blob_key is None:
                 raise errors.NoSuchKey(fields={"Key": src_key})
             check_copy_source(source_conditions, src.etag, src.last_modified)
@@ -336,6 +356,9 @@ class ObjectService:
                 headers=src.headers,
                 storage_class=attrs.storage_class if attrs.storage_class != "STANDARD"
                 else src.storage_class, acl=attrs.acl)
+            # Tags: the source's (x-amz-tagging-directive COPY), or the request's (REPLACE).
+            new_attrs = dataclasses.replace(new_attrs,
+                                            tags=attrs.tags if replace_tags else src.tags)
             try:
                 return await self.commit_new_blob(
                     dst_b, dst_key, blob_key, conditions, size=src.size, etag=src.etag,
@@ -348,31 +371,42 @@ class ObjectService:
         raise errors.ConditionalRequestConflict()
 
     async def delete(self, principal: Principal, bucket_name: str, key: str,
-                     version_id: str | None = None) -> None:
+                     version_id: str | None = None) -> DeleteOutcome:
         validate_key(key)
         _check_version(version_id)
         bucket = await self.bucket(principal, bucket_name, write=True)
-        outcome = await self._delete_batch(bucket, [(key, version_id)])
+        outcome = await self.delete_batch(bucket, [(key, version_id)],
+                                           owner_id=principal.user_id)
         if outcome[0].error is not None:
             raise outcome[0].error
+        return outcome[0]
 
     async def delete_many(self, principal: Principal, bucket_name: str,
                           items: Sequence[tuple[str, str | None]]) -> list[DeleteOutcome]:
         bucket = await self.bucket(principal, bucket_name, write=True)
         results: list[DeleteOutcome] = []
         for start in range(0, len(items), 100):
-            results.extend(await self._delete_batch(bucket, items[start:start + 100]))
+            results.extend(await self.delete_batch(bucket, items[start:start + 100],
+                                                    owner_id=principal.user_id))
         return results
 
-    async def _delete_batch(self, bucket: BucketRecord,
-                            items: Sequence[tuple[str, str | None]]) -> list[DeleteOutcome]:
-        """Deletes rows in one transaction, then their blobs. Missing keys are not errors."""
+    async def delete_batch(self, bucket: BucketRecord,
+                            items: Sequence[tuple[str, str | None]], *,
+                            owner_id: int | None = None,
+                            delete_event: str = changes.EVENT_DELETE,
+                            marker_event: str = changes.EVENT_DELETE_MARKER,
+                            ) -> list[DeleteOutcome]:
+        """Deletes in one transaction (rows removed, or delete markers placed), then the
+        blobs no version holds any more. Missing keys and versions are not errors.
+        ``owner_id``: who owns the delete markers made; the events name the deletes in the
+        change log (lifecycle expiry has its own)."""
 
         def unit(conn: Connection) -> tuple[list[DeleteOutcome], list[str], int]:
-            repo.lock_bucket(conn, bucket.id)
+            state = repo.lock_bucket(conn, bucket.id)
+            now = datetime.now(UTC)
             outcomes: list[DeleteOutcome] = []
             blobs: list[str] = []
-            removed: list[changes.Entry] = []
+            entries: list[changes.Entry] = []
             for key, version_id in items:
                 try:
                     validate_key(key)
@@ -380,24 +414,28 @@ class ObjectService:
                 except errors.GatewayError as exc:
                     outcomes.append(DeleteOutcome(key, version_id, exc))
                     continue
-                current = repo.latest_object(conn, bucket.id, key)
-                if current is not None:
-                    if not repo.delete_object_row(conn, current.id, current.blob_key):
-                        raise _Retry
-                    if not current.is_delete_marker:
-                        repo.adjust_usage(conn, bucket.id, -current.size, -1)
-                        removed.append(changes.Entry(key, changes.EVENT_DELETE))
-                    if current.blob_key:
-                        blobs.append(current.blob_key)
-                outcomes.append(DeleteOutcome(key, version_id))
-            return outcomes, blobs, changes.record(conn, bucket.id, bucket.name, removed)
+                removed = versions.remove(
+                    conn, bucket_id=bucket.id, key=key, version_id=version_id, state=state,
+                    now=now, owner_id=owner_id, delete_event=delete_event,
+                    marker_event=marker_event)
+                if removed.d_bytes or removed.d_objects:
+                    repo.adjust_usage(conn, bucket.id, removed.d_bytes, removed.d_objects)
+                blobs.extend(removed.freed_blobs)
+                if removed.event is not None:
+                    entries.append(changes.Entry(
+                        key, removed.event,
+                        version_id=removed.version_id if state else None))
+                outcomes.append(DeleteOutcome(key, version_id,
+                                              delete_marker=removed.delete_marker,
+                                              result_version_id=removed.version_id))
+            return outcomes, blobs, changes.record(conn, bucket.id, bucket.name, entries)
 
         async with shielded():
             for _attempt in range(_COMMIT_ATTEMPTS):
                 try:
                     outcomes, blobs, seq = await self.ctx.db.write(unit)
                     break
-                except _Retry:
+                except versions.Conflict:
                     continue
             else:
                 raise errors.ConditionalRequestConflict()
@@ -406,28 +444,6 @@ class ObjectService:
             for blob in blobs:
                 await self.ctx.discard_blob(blob)
         return outcomes
-
-    async def expire_package_temp(self, max_age_seconds: int) -> int:
-        """Delete what sits in a package's ``.gbdrive/temp/`` for longer than
-        ``max_age_seconds`` (recorded in the change log like any delete)."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=max_age_seconds)
-        count = 0
-        while True:
-            found = await self.ctx.db.read(
-                lambda conn: expired_temp_objects(conn, cutoff, 500))
-            by_bucket: dict[str, list[tuple[str, str | None]]] = {}
-            for bucket_name, key in found:
-                by_bucket.setdefault(bucket_name, []).append((key, None))
-            for bucket_name, items in by_bucket.items():
-                bucket = await self.ctx.db.read(partial(repo.bucket_by_name, name=bucket_name))
-                if bucket is not None:
-                    await self._delete_batch(bucket, items)
-                    count += len(items)
-            if len(found) < 500:
-                break
-        if count:
-            log.info("expired %d temporary package object(s)", count)
-        return count
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -454,17 +470,18 @@ class ObjectService:
                 "Cannot specify both Range header and partNumber query parameter")
         for _attempt in range(5):
             bucket, obj = await self.ctx.db.read(
-                lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key))
+                lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key, version_id))
             if bucket is None:
                 raise errors.NoSuchBucket(fields={"BucketName": bucket_name})
-            if obj is not None and obj.is_delete_marker:
+            marker = obj if obj is not None and obj.is_delete_marker else None
+            if marker is not None:
                 obj = None
             if not may_read_object(principal, bucket, obj) and not may_read_object(
                     principal, bucket, obj, await caller_grants(self.ctx, principal, bucket)):
                 # Strangers learn nothing, not even whether the key exists.
                 raise errors.AccessDenied()
-            if obj is None or obj.blob_key is None:
-                raise errors.NoSuchKey(fields={"Key": key})
+            _require_object(obj, marker, key, version_id)
+            assert obj is not None and obj.blob_key is not None
             if copy_source:
                 check_copy_source(conditions, obj.etag, obj.last_modified)
             else:
@@ -490,12 +507,13 @@ class ObjectService:
         validate_key(key)
         _check_version(version_id)
         bucket, obj = await self.ctx.db.read(
-            lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key))
+            lambda conn: repo.bucket_and_latest_object(conn, bucket_name, key, version_id))
         if bucket is None:
             raise errors.NoSuchBucket(fields={"BucketName": bucket_name})
         require_full(principal, bucket, await caller_grants(self.ctx, principal, bucket))
-        if obj is None or obj.is_delete_marker:
-            raise errors.NoSuchKey(fields={"Key": key})
+        marker = obj if obj is not None and obj.is_delete_marker else None
+        _require_object(None if marker else obj, marker, key, version_id)
+        assert obj is not None
         return bucket, obj
 
     async def set_acl(self, principal: Principal, bucket_name: str, key: str, acl: str,

@@ -55,8 +55,8 @@ from sqlalchemy.exc import IntegrityError
 from gateway import errors
 from gateway.headers import META_PREFIX, has_control_characters, object_attributes
 from gateway.metadata import repo
-from gateway.metadata.models import NULL_VERSION, bot_admins, bots, customers
-from gateway.service import changes
+from gateway.metadata.models import bot_admins, bots, customers
+from gateway.service import changes, versions
 from gateway.service.context import Context, backend_errors, shielded
 from gateway.service.objects import MAX_OBJECT_SIZE, validate_key
 from gateway.service.packages import MalwareDetected, PackageService, UnsupportedFileType
@@ -138,10 +138,6 @@ class _Staged:
     size: int
     etag: str
     attrs: ObjectAttributes
-
-
-class _Retry(Exception):
-    """Another writer swapped a row first: run the unit again."""
 
 
 class PackageArchiveService:
@@ -386,35 +382,29 @@ class PackageArchiveService:
             "user_metadata": item.attrs.user_metadata, "headers": item.attrs.headers,
             "checksum_algorithm": None, "checksum_value": None,
             "storage_class": item.attrs.storage_class, "owner_id": owner_id,
-            "is_delete_marker": False, "is_latest": True, "parts_count": None,
-            "acl": item.attrs.acl,
+            "is_delete_marker": False, "parts_count": None, "acl": item.attrs.acl,
+            "tags": item.attrs.tags,
         }) for item in members]
         keys = {item.key for item in members}
 
         def unit(conn: Connection) -> tuple[int, list[str], int]:
-            repo.lock_bucket(conn, bucket.id)
+            # Written as PutObject and DeleteObject would: new versions and delete markers
+            # in a versioned package, in place otherwise.
+            state = repo.lock_bucket(conn, bucket.id)
             d_bytes = d_objects = 0
             old_blobs: list[str] = []
             entries: list[changes.Entry] = []
             for item, values in rows:
                 current = repo.latest_object(conn, bucket.id, item.key)
-                if current is None:
-                    repo.insert_object(conn, {**values, "bucket_id": bucket.id,
-                                              "key": item.key, "version_id": NULL_VERSION})
-                    d_bytes += item.size
-                    d_objects += 1
-                else:
-                    if not repo.replace_object(conn, current.id, current.blob_key, values):
-                        raise _Retry
-                    live = not current.is_delete_marker
-                    d_bytes += item.size - (current.size if live else 0)
-                    d_objects += 0 if live else 1
-                    if current.parts_count:
-                        repo.replace_object_parts(conn, current.id, ())
-                    if current.blob_key:
-                        old_blobs.append(current.blob_key)
+                placed = versions.place(conn, bucket_id=bucket.id, key=item.key, state=state,
+                                        values=values, current=current, now=now)
+                d_bytes += placed.d_bytes
+                d_objects += placed.d_objects
+                if placed.replaced is not None and placed.replaced.parts_count:
+                    repo.replace_object_parts(conn, placed.object_id, ())
+                old_blobs.extend(placed.freed_blobs)
                 entries.append(changes.Entry(item.key, changes.EVENT_PUT, item.size,
-                                             item.etag))
+                                             item.etag, placed.version_id if state else None))
             deleted = 0
             after: str | None = None
             while mode == "replace":
@@ -422,14 +412,19 @@ class PackageArchiveService:
                 for record in page:
                     if record.key in keys:
                         continue
-                    if not repo.delete_object_row(conn, record.id, record.blob_key):
-                        raise _Retry
-                    d_bytes -= record.size
-                    d_objects -= 1
+                    removed = versions.remove(
+                        conn, bucket_id=bucket.id, key=record.key, version_id=None,
+                        state=state, now=now, owner_id=owner_id,
+                        delete_event=changes.EVENT_DELETE,
+                        marker_event=changes.EVENT_DELETE_MARKER)
+                    d_bytes += removed.d_bytes
+                    d_objects += removed.d_objects
                     deleted += 1
-                    if record.blob_key:
-                        old_blobs.append(record.blob_key)
-                    entries.append(changes.Entry(record.key, changes.EVENT_DELETE))
+                    old_blobs.extend(removed.freed_blobs)
+                    if removed.event is not None:
+                        entries.append(changes.Entry(
+                            record.key, removed.event,
+                            version_id=removed.version_id if state else None))
                 if len(page) < _PAGE:
                     break
                 after = page[-1].key
@@ -442,7 +437,7 @@ class PackageArchiveService:
         for _attempt in range(_COMMIT_ATTEMPTS):
             try:
                 return await self.ctx.db.write(unit)
-            except (_Retry, IntegrityError):
+            except (versions.Conflict, IntegrityError):
                 gone = await self.ctx.db.read(
                     lambda conn: repo.bucket_by_id(conn, bucket.id)) is None
                 if gone:

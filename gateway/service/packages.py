@@ -36,7 +36,7 @@ import filetype
 from sqlalchemy import and_, func, insert, select, true
 
 from gateway import errors
-from gateway.metadata.models import buckets, objects, upload_rejections
+from gateway.metadata.models import upload_rejections
 from gateway.settings import parse_limit
 from gateway.types import ObjectAttributes
 
@@ -347,7 +347,8 @@ class PackageService:
         acl = "public-read" if attrs.acl == "private" else attrs.acl
         return ObjectAttributes(content_type=attrs.content_type,
                                 user_metadata=attrs.user_metadata, headers=headers,
-                                storage_class=attrs.storage_class, acl=acl)
+                                storage_class=attrs.storage_class, acl=acl,
+                                tags=attrs.tags)
 
     async def precheck(self, bucket: str, key: str, size: int | None,
                        principal: str | None = None) -> Inspection | None:
@@ -447,25 +448,6 @@ class PackageService:
             await self.ctx.db.write(lambda conn: conn.execute(insert(upload_rejections), values))
         except Exception:
             log.warning("could not record a refused upload", exc_info=True)
-
-
-def expired_temp_objects(conn: Any, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
-    """(bucket, key) of objects under a package's ``.gbdrive/temp/`` last written before
-    ``cutoff``. The LIKE narrows the scan to packages' temp folders; the exact folder test
-    (the first segment) is made here."""
-    rows = conn.execute(
-        select(buckets.c.name, objects.c.key)
-        .join(buckets, buckets.c.id == objects.c.bucket_id)
-        .where(and_(buckets.c.name.like(f"%{PACKAGE_SUFFIX}"), objects.c.is_latest.is_(True),
-                    objects.c.is_delete_marker.is_(False), objects.c.last_modified < cutoff,
-                    objects.c.key.like(f"%.gbdrive/{TEMP_FOLDER}_%")))
-        .order_by(objects.c.id).limit(limit)).all()
-    found = []
-    for bucket, key in rows:
-        where = folder_of(key)
-        if where is not None and where[0] == ".gbdrive" and where[1].startswith(TEMP_FOLDER):
-            found.append((bucket, key))
-    return found
 
 
 def _unavailable(exc: BaseException) -> errors.GatewayError:

@@ -6,7 +6,16 @@ from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
 
-from gateway.s3.handlers import access, buckets, listing, multipart, objects, post
+from gateway.s3.handlers import (
+    access,
+    buckets,
+    lifecycle,
+    listing,
+    multipart,
+    objects,
+    post,
+    tagging,
+)
 from gateway.s3.request import S3Request
 from gateway.s3.routing import Op
 
@@ -19,6 +28,8 @@ HANDLERS: dict[Op, Handler] = {
     Op.DELETE_BUCKET: buckets.delete_bucket,
     Op.GET_BUCKET_LOCATION: buckets.get_bucket_location,
     Op.GET_BUCKET_VERSIONING: buckets.get_bucket_versioning,
+    Op.PUT_BUCKET_VERSIONING: buckets.put_bucket_versioning,
+    Op.LIST_OBJECT_VERSIONS: listing.list_object_versions,
     Op.LIST_OBJECTS: listing.list_objects_v1,
     Op.LIST_OBJECTS_V2: listing.list_objects_v2,
     Op.PUT_OBJECT: objects.put_object,
@@ -42,4 +53,13 @@ HANDLERS: dict[Op, Handler] = {
     Op.PUT_OBJECT_ACL: access.put_object_acl,
     Op.GET_OBJECT_ACL: access.get_object_acl,
     Op.POST_OBJECT: post.post_object,
+    Op.PUT_OBJECT_TAGGING: tagging.put_object_tagging,
+    Op.GET_OBJECT_TAGGING: tagging.get_object_tagging,
+    Op.DELETE_OBJECT_TAGGING: tagging.delete_object_tagging,
+    Op.PUT_BUCKET_TAGGING: tagging.put_bucket_tagging,
+    Op.GET_BUCKET_TAGGING: tagging.get_bucket_tagging,
+    Op.DELETE_BUCKET_TAGGING: tagging.delete_bucket_tagging,
+    Op.PUT_BUCKET_LIFECYCLE: lifecycle.put_bucket_lifecycle,
+    Op.GET_BUCKET_LIFECYCLE: lifecycle.get_bucket_lifecycle,
+    Op.DELETE_BUCKET_LIFECYCLE: lifecycle.delete_bucket_lifecycle,
 }

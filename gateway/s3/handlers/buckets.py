@@ -1,4 +1,5 @@
-"""ListBuckets, CreateBucket, HeadBucket, DeleteBucket, GetBucketLocation, GetBucketVersioning."""
+"""ListBuckets, CreateBucket, HeadBucket, DeleteBucket, GetBucketLocation,
+Get/PutBucketVersioning."""
 
 from __future__ import annotations
 
@@ -57,5 +58,21 @@ async def get_bucket_location(req: S3Request) -> Response:
 
 
 async def get_bucket_versioning(req: S3Request) -> Response:
-    await req.gateway.buckets.get(req.principal, req.bucket)
-    return xml_response("VersioningConfiguration", [])
+    bucket = await req.gateway.buckets.get(req.principal, req.bucket)
+    # Never configured: an empty configuration, as S3 answers.
+    return xml_response("VersioningConfiguration",
+                        [el("Status", bucket.versioning)] if bucket.versioning else [])
+
+
+async def put_bucket_versioning(req: S3Request) -> Response:
+    root = parse(await req.small_body())
+    if local(root.tag) != "VersioningConfiguration":
+        raise errors.MalformedXML()
+    status = next((c.text or "" for c in root if local(c.tag) == "Status"), None)
+    mfa = next((c.text or "" for c in root if local(c.tag) == "MfaDelete"), None)
+    if mfa is not None and mfa.strip() == "Enabled":
+        raise errors.NotImplemented_("MFA delete is not supported by this gateway.")
+    if status is None:
+        return Response(status_code=200)  # nothing to change
+    await req.gateway.buckets.set_versioning(req.principal, req.bucket, status.strip())
+    return Response(status_code=200)

@@ -1,4 +1,4 @@
-"""ListObjects (v1) and ListObjectsV2."""
+"""ListObjects (v1), ListObjectsV2 and ListObjectVersions."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from gateway.service.listing import (
     decode_continuation,
     encode_continuation,
     list_keys,
+    list_versions,
 )
+from gateway.service.versions import check_version_id
 from gateway.types import ObjectRecord
 
 
@@ -136,3 +138,49 @@ def _decode_token(token: str) -> str:
 
 def _identity(value: str) -> str:
     return value
+
+
+async def list_object_versions(req: S3Request) -> Response:
+    q = req.query
+    bucket = await req.gateway.buckets.get(req.principal, req.bucket)
+    encoding, enc = _encoder(req)
+    max_keys = _max_keys(req)
+    prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
+    key_marker, version_marker = q.get("key-marker", ""), q.get("version-id-marker", "")
+    if version_marker and not key_marker:
+        raise errors.InvalidArgument("A version-id marker cannot be specified without a key "
+                                     "marker.", name="version-id-marker", value=version_marker)
+    if version_marker:
+        check_version_id(version_marker)
+    listing = await list_versions(req.gateway.ctx, bucket, prefix=prefix, delimiter=delimiter,
+                                  key_marker=key_marker or None,
+                                  version_id_marker=version_marker or None, max_keys=max_keys)
+    owner = await _owner(req, bucket.owner_id)
+    e = enc
+    children = [el("Name", bucket.name), el("Prefix", e(prefix)),
+                el("KeyMarker", e(key_marker)), el("VersionIdMarker", version_marker),
+                el("MaxKeys", max_keys)]
+    if delimiter:
+        children.append(el("Delimiter", e(delimiter)))
+    children.append(el("IsTruncated", listing.is_truncated))
+    if listing.is_truncated and listing.next_key_marker is not None:
+        children.append(el("NextKeyMarker", e(listing.next_key_marker)))
+        if listing.next_version_id_marker is not None:
+            children.append(el("NextVersionIdMarker", listing.next_version_id_marker))
+    if encoding:
+        children.append(el("EncodingType", encoding))
+    for v in listing.versions:
+        common = [el("Key", enc(v.key)), el("VersionId", v.version_id),
+                  el("IsLatest", v.is_latest), el("LastModified", iso8601(v.last_modified))]
+        if v.is_delete_marker:
+            children.append("<DeleteMarker>" + "".join(common) + owner + "</DeleteMarker>")
+            continue
+        parts = [*common, el("ETag", v.quoted_etag), el("Size", v.size),
+                 el("StorageClass", v.storage_class), owner]
+        if v.checksum_algorithm:
+            parts.append(el("ChecksumAlgorithm", v.checksum_algorithm))
+            parts.append(el("ChecksumType", "FULL_OBJECT"))
+        children.append("<Version>" + "".join(parts) + "</Version>")
+    children.extend("<CommonPrefixes>" + el("Prefix", enc(p)) + "</CommonPrefixes>"
+                    for p in listing.common_prefixes)
+    return xml_response("ListVersionsResult", children)

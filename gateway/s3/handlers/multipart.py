@@ -3,6 +3,7 @@ AbortMultipartUpload, ListParts, ListMultipartUploads."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from urllib.parse import quote_plus
 
@@ -18,10 +19,11 @@ from gateway.headers import (
     write_conditions,
 )
 from gateway.s3.handlers.common import owner_xml, xml_response
-from gateway.s3.handlers.objects import checksum_type, int_param
+from gateway.s3.handlers.objects import checksum_type, int_param, version_header
 from gateway.s3.request import S3Request
 from gateway.s3.xml import children, el, iso8601, local, parse
 from gateway.service.multipart import MAX_LIST, CompletedPart
+from gateway.service.tagging import parse_tagging_header
 from gateway.types import PartRecord, RangeKind, UploadRecord
 
 
@@ -49,8 +51,10 @@ def _checksum_el(algorithm: str | None, value: str | None) -> str:
 async def create_multipart_upload(req: S3Request) -> Response:
     algorithm = _algorithm(req.headers.get("x-amz-checksum-algorithm")
                            or req.headers.get("x-amz-sdk-checksum-algorithm"))
+    attrs = dataclasses.replace(object_attributes(req.headers),
+                                tags=parse_tagging_header(req.headers.get("x-amz-tagging")))
     upload = await req.gateway.multipart.create(
-        req.principal, req.bucket, req.key, object_attributes(req.headers),
+        req.principal, req.bucket, req.key, attrs,
         checksum_algorithm=algorithm, checksum_type=req.headers.get("x-amz-checksum-type"))
     headers = {}
     if upload.checksum_algorithm and upload.checksum_type:
@@ -147,7 +151,8 @@ async def complete_multipart_upload(req: S3Request) -> Response:
     if record.checksum_algorithm and record.checksum_value:
         result.append(_checksum_el(record.checksum_algorithm, record.checksum_value))
         result.append(el("ChecksumType", checksum_type(record.checksum_value)))
-    return xml_response("CompleteMultipartUploadResult", result)
+    return xml_response("CompleteMultipartUploadResult", result,
+                        headers=version_header(record))
 
 
 async def abort_multipart_upload(req: S3Request) -> Response:

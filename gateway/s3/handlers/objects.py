@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 
 from starlette.responses import Response, StreamingResponse
@@ -20,10 +21,12 @@ from gateway.headers import (
     read_conditions,
     write_conditions,
 )
+from gateway.metadata.models import NULL_VERSION
 from gateway.s3.handlers.common import http_date, xml_response
 from gateway.s3.request import S3Request
 from gateway.s3.xml import children, el, iso8601, local, parse
 from gateway.service.objects import ObjectRead
+from gateway.service.tagging import parse_tagging_header, tagging_directive
 from gateway.types import ObjectRecord
 
 #: Bodies up to this size are read whole and sent in one message: fewer ASGI round trips.
@@ -52,14 +55,24 @@ def _checksum_headers(record: ObjectRecord) -> dict[str, str]:
             "x-amz-checksum-type": checksum_type(record.checksum_value)}
 
 
+def version_header(record: ObjectRecord) -> dict[str, str]:
+    """``x-amz-version-id`` for a version a versioning bucket made (the ``null`` version of
+    a never-versioned bucket goes without)."""
+    if record.version_id == NULL_VERSION:
+        return {}
+    return {"x-amz-version-id": record.version_id}
+
+
 def _write_headers(record: ObjectRecord) -> dict[str, str]:
     headers = {"ETag": record.quoted_etag}
     headers.update(_checksum_headers(record))
+    headers.update(version_header(record))
     return headers
 
 
 async def put_object(req: S3Request) -> Response:
-    attrs = object_attributes(req.headers)
+    attrs = dataclasses.replace(object_attributes(req.headers),
+                                tags=parse_tagging_header(req.headers.get("x-amz-tagging")))
     conditions = write_conditions(req.headers)
     body, size = req.body()
     record = await req.gateway.objects.put(req.principal, req.bucket, req.key, body, attrs,
@@ -74,9 +87,13 @@ def _read_headers(req: S3Request, read: ObjectRead) -> dict[str, str]:
         "Last-Modified": http_date(rec.last_modified),
         "Accept-Ranges": "bytes",
     }
+    if rec.version_id != NULL_VERSION or "versionId" in req.query:
+        headers["x-amz-version-id"] = rec.version_id
     headers.update(object_headers(rec, "binary/octet-stream"))
     if rec.storage_class != "STANDARD":
         headers["x-amz-storage-class"] = rec.storage_class
+    if rec.tags:
+        headers["x-amz-tagging-count"] = str(len(rec.tags))
     if rec.parts_count and "partNumber" in req.query:
         headers["x-amz-mp-parts-count"] = str(rec.parts_count)
     if (read.byte_range is None and req.headers.get("x-amz-checksum-mode", "").upper()
@@ -153,9 +170,14 @@ async def get_object(req: S3Request) -> Response:
 
 
 async def delete_object(req: S3Request) -> Response:
-    await req.gateway.objects.delete(req.principal, req.bucket, req.key,
-                                     req.query.get("versionId"))
-    return Response(status_code=204)
+    outcome = await req.gateway.objects.delete(req.principal, req.bucket, req.key,
+                                               req.query.get("versionId"))
+    headers = {}
+    if outcome.delete_marker:
+        headers["x-amz-delete-marker"] = "true"
+    if outcome.result_version_id is not None:
+        headers["x-amz-version-id"] = outcome.result_version_id
+    return Response(status_code=204, headers=headers)
 
 
 async def delete_objects(req: S3Request) -> Response:
@@ -185,25 +207,35 @@ async def delete_objects(req: S3Request) -> Response:
             out.append("<Error>" + el("Key", o.key) + el("VersionId", o.version_id)
                        + el("Code", o.error.code) + el("Message", o.error.message) + "</Error>")
         elif not quiet:
-            out.append("<Deleted>" + el("Key", o.key) + el("VersionId", o.version_id)
-                       + "</Deleted>")
+            deleted = [el("Key", o.key), el("VersionId", o.version_id)]
+            if o.delete_marker:
+                deleted.append(el("DeleteMarker", True))
+                deleted.append(el("DeleteMarkerVersionId", o.result_version_id))
+            out.append("<Deleted>" + "".join(deleted) + "</Deleted>")
     return xml_response("DeleteResult", out)
 
 
 async def copy_object(req: S3Request) -> Response:
     src_bucket, src_key, src_version = parse_copy_source(req.headers["x-amz-copy-source"])
     replace = metadata_directive(req.headers) == "REPLACE"
+    replace_tags = tagging_directive(req.headers.get("x-amz-tagging-directive")) == "REPLACE"
     attrs = object_attributes(req.headers)
+    if replace_tags:
+        attrs = dataclasses.replace(
+            attrs, tags=parse_tagging_header(req.headers.get("x-amz-tagging")))
     async for chunk in req.request.stream():
         if chunk:
             raise errors.UnexpectedContent()  # a copy carries no body
     record = await req.gateway.objects.copy(
         req.principal, src_bucket, src_key, src_version, req.bucket, req.key,
-        replace_metadata=replace, attrs=attrs,
+        replace_metadata=replace, attrs=attrs, replace_tags=replace_tags,
         source_conditions=read_conditions(req.headers, prefix="x-amz-copy-source-"),
         conditions=write_conditions(req.headers),
     )
     result = [el("ETag", record.quoted_etag), el("LastModified", iso8601(record.last_modified))]
     if record.checksum_algorithm and record.checksum_value:
         result.append(el(f"Checksum{record.checksum_algorithm}", record.checksum_value))
-    return xml_response("CopyObjectResult", result)
+    headers = version_header(record)
+    if src_version is not None:
+        headers["x-amz-copy-source-version-id"] = src_version
+    return xml_response("CopyObjectResult", result, headers=headers)

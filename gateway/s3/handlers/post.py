@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -13,9 +14,11 @@ from gateway.checksums import DigestingStream
 from gateway.headers import object_attributes
 from gateway.s3.form import FormReader, boundary_of
 from gateway.s3.handlers.common import xml_response
+from gateway.s3.handlers.tagging import parse_tag_pairs
 from gateway.s3.request import S3Request
 from gateway.s3.xml import el
 from gateway.service import changes
+from gateway.service.tagging import validate_tags
 from gateway.types import Principal
 
 #: Form fields that describe the object (as request headers would).
@@ -72,6 +75,10 @@ async def post_object(req: S3Request) -> Response:
     principal = principals[verified.access_key]
     # Form fields are text, not headers: checked and encoded as header text first.
     attrs = object_attributes(_attributes_from(fields, reader.file_content_type), text=True)
+    tagging = next((v for name, v in fields.items() if name.lower() == "tagging"), None)
+    if tagging is not None:  # a Tagging XML document, as S3 takes it in a form
+        attrs = dataclasses.replace(
+            attrs, tags=validate_tags(parse_tag_pairs(tagging.encode()), "object") or None)
     body = DigestingStream(_limited(reader.file(), verified.content_length_range))
     # The file is smaller than the whole form: the quota holds the form's length.
     record = await req.gateway.objects.put(principal, req.bucket, verified.key, body, attrs,
