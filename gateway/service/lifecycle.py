@@ -117,7 +117,7 @@ def _current_versions(conn: Connection, bucket_id: int, flt: Filter,
         cond.append(o.last_modified < made_before)
     if after is not None:
         cond.append(o.key > after)
-    return list(conn.execute(select(o.key, o.size, o.tags).where(*cond)
+    return list(conn.execute(select(o.id, o.key, o.size, o.tags, o.last_modified).where(*cond)
                              .order_by(o.key).limit(SCAN_BATCH)).all())
 
 
@@ -269,15 +269,16 @@ class LifecycleService:
             if rule.abort_days is not None:
                 report.uploads_aborted += await self._abort_uploads(bucket, rule, report.now)
 
-    async def _delete(self, bucket: BucketRecord,
-                      items: Sequence[tuple[str, str | None]]) -> int:
+    async def _delete(self, bucket: BucketRecord, items: Sequence[tuple[str, str | None]],
+                      unchanged: Mapping[str, tuple[int, datetime]] | None = None) -> int:
         """Delete as DeleteObject does (delete markers are the bucket owner's)."""
         done = 0
         for start in range(0, len(items), DELETE_BATCH):
             outcomes = await self.objects.delete_batch(
                 bucket, items[start:start + DELETE_BATCH], owner_id=bucket.owner_id,
-                delete_event=changes.EVENT_EXPIRED, marker_event=changes.EVENT_EXPIRED_MARKER)
-            done += sum(1 for outcome in outcomes if outcome.error is None)
+                delete_event=changes.EVENT_EXPIRED, marker_event=changes.EVENT_EXPIRED_MARKER,
+                unchanged=unchanged)
+            done += sum(1 for outcome in outcomes if outcome.error is None and outcome.changed)
         return done
 
     async def _expire_current(self, bucket: BucketRecord, rule: Rule, now: datetime) -> int:
@@ -297,9 +298,11 @@ class LifecycleService:
             rows = await self.ctx.db.read(partial(
                 _current_versions, bucket_id=bucket.id, flt=rule.filter, made_before=before,
                 after=after))
-            doomed = [(row.key, None) for row in rows
-                      if rule.filter.matches(row.key, row.tags, row.size)]
-            count += await self._delete(bucket, doomed)
+            matching = [row for row in rows if rule.filter.matches(row.key, row.tags, row.size)]
+            # Only if still as seen: a key written since the scan is not expired.
+            count += await self._delete(bucket, [(row.key, None) for row in matching],
+                                        {row.key: (row.id, row.last_modified)
+                                         for row in matching})
             if len(rows) < SCAN_BATCH:
                 return count
             after = rows[-1].key

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -94,6 +94,8 @@ class DeleteOutcome:
     delete_marker: bool = False
     #: The version the delete made or removed (None in a never-versioned bucket).
     result_version_id: str | None = None
+    #: False when the key was left alone (see ``delete_batch``'s ``unchanged``).
+    changed: bool = True
 
 
 def validate_key(key: str) -> None:
@@ -395,11 +397,14 @@ class ObjectService:
                             owner_id: int | None = None,
                             delete_event: str = changes.EVENT_DELETE,
                             marker_event: str = changes.EVENT_DELETE_MARKER,
+                            unchanged: Mapping[str, tuple[int, datetime]] | None = None,
                             ) -> list[DeleteOutcome]:
         """Deletes in one transaction (rows removed, or delete markers placed), then the
         blobs no version holds any more. Missing keys and versions are not errors.
         ``owner_id``: who owns the delete markers made; the events name the deletes in the
-        change log (lifecycle expiry has its own)."""
+        change log (lifecycle expiry has its own). ``unchanged``: key -> (row id, last
+        modified) its latest version must still have, or the key is left alone (a sweep
+        that decided on an older state must not delete what was written since)."""
 
         def unit(conn: Connection) -> tuple[list[DeleteOutcome], list[str], int]:
             state = repo.lock_bucket(conn, bucket.id)
@@ -414,6 +419,11 @@ class ObjectService:
                 except errors.GatewayError as exc:
                     outcomes.append(DeleteOutcome(key, version_id, exc))
                     continue
+                if unchanged is not None and key in unchanged:
+                    latest = repo.latest_object(conn, bucket.id, key)
+                    if latest is None or (latest.id, latest.last_modified) != unchanged[key]:
+                        outcomes.append(DeleteOutcome(key, version_id, changed=False))
+                        continue
                 removed = versions.remove(
                     conn, bucket_id=bucket.id, key=key, version_id=version_id, state=state,
                     now=now, owner_id=owner_id, delete_event=delete_event,
