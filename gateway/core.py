@@ -57,6 +57,8 @@ class Gateway:
     @classmethod
     def build(cls, settings: Settings, db: Database, backend: Backend) -> Gateway:
         ctx = Context(settings, db, backend)
+        # A malformed GATEWAY_MASTER_KEY (or key file) stops the start, not a first write.
+        ctx.load_keyring()
         quotas = QuotaService(ctx)
         objects = ObjectService(ctx, quotas)
         multipart = MultipartService(ctx, objects)

@@ -154,6 +154,9 @@ NoSuchUpload = _error("NoSuchUpload", 404,
 NoSuchCORSConfiguration = _error("NoSuchCORSConfiguration", 404,
                                  "The CORS configuration does not exist")
 NoSuchTagSet = _error("NoSuchTagSet", 404, "The TagSet does not exist")
+ServerSideEncryptionConfigurationNotFoundError = _error(
+    "ServerSideEncryptionConfigurationNotFoundError", 404,
+    "The server side encryption configuration was not found")
 NoSuchVersion = _error("NoSuchVersion", 404,
                        "The specified version does not exist.")
 MethodNotAllowed = _error("MethodNotAllowed", 405,

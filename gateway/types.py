@@ -124,6 +124,8 @@ class UploadRecord:
     acl: str = "private"
     #: Tags the completed object gets (``x-amz-tagging`` of CreateMultipartUpload).
     tags: dict[str, str] | None = None
+    #: Encryption parameters of the parts and the completed object (``service.encryption``).
+    encryption: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,8 @@ class StoredObject:
     blob_key: str
     #: The part layout of a completed multipart object (empty: none recorded).
     parts: tuple[ObjectPart, ...] = ()
+    #: Encryption parameters: the blob holds ciphertext (``service.encryption``).
+    encryption: dict[str, Any] | None = None
 
 
 class RangeKind(Enum):

@@ -468,7 +468,13 @@ def test_sse_c_header_validation() -> None:
         enc.customer_key_from_headers(headers_of(key, Algorithm="AES128"))
     assert algo.value.fields["ArgumentValue"] == "AES128"
     # CopyObject's source key comes in its own headers.
-    copy = {"x-amz-copy-source-" + k.lower(): v for k, v in headers_of(key).items()}
+    # (x-amz-copy-source-server-side-encryption-customer-*, as S3 spells them.)
+    copy = {"x-amz-copy-source-" + k.lower().removeprefix("x-amz-"): v
+            for k, v in headers_of(key).items()}
+    assert enc.CustomerKey.of(key).headers(copy_source=True).keys() == {
+        "x-amz-copy-source-server-side-encryption-customer-algorithm",
+        "x-amz-copy-source-server-side-encryption-customer-key",
+        "x-amz-copy-source-server-side-encryption-customer-key-MD5"}
     assert enc.customer_key_from_headers(copy) is None
     source = enc.customer_key_from_headers(copy, copy_source=True)
     assert source is not None and source.key == key

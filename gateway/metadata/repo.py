@@ -203,6 +203,14 @@ def set_object_tags(conn: Connection, object_id: int, tags: dict[str, str] | Non
     return conn.execute(stmt.values(tags=tags)).rowcount == 1
 
 
+def set_bucket_encryption(conn: Connection, bucket_id: int,
+                          config: dict[str, Any] | None) -> bool:
+    """A bucket's default encryption (NULL: none); False when the bucket is gone."""
+    result = conn.execute(update(buckets).where(buckets.c.id == bucket_id)
+                          .values(encryption=config))
+    return result.rowcount == 1
+
+
 def set_bucket_tags(conn: Connection, bucket_id: int, tags: dict[str, str] | None) -> bool:
     result = conn.execute(update(buckets).where(buckets.c.id == bucket_id).values(tags=tags))
     return result.rowcount == 1
@@ -399,6 +407,14 @@ def object_part(conn: Connection, object_id: int, part_number: int) -> ObjectPar
     return ObjectPart(row.part_number, row.offset, row.size, row.etag, row.checksum_value)
 
 
+def object_layout(conn: Connection, object_id: int) -> list[ObjectPart]:
+    """The part layout of a completed multipart object, in part order."""
+    rows = conn.execute(select(object_parts).where(object_parts.c.object_id == object_id)
+                        .order_by(object_parts.c.part_number))
+    return [ObjectPart(r.part_number, r.offset, r.size, r.etag, r.checksum_value)
+            for r in rows]
+
+
 # -- multipart uploads ---------------------------------------------------------------------
 
 
@@ -410,7 +426,7 @@ def _upload(row: Any) -> UploadRecord:
         user_metadata=dict(row.user_metadata or {}), headers=dict(row.headers or {}),
         storage_class=row.storage_class, checksum_algorithm=row.checksum_algorithm,
         checksum_type=row.checksum_type, acl=row.acl,
-        tags=dict(row.tags) if row.tags is not None else None)
+        tags=dict(row.tags) if row.tags is not None else None, encryption=row.encryption)
 
 
 def _part(row: Any) -> PartRecord:
@@ -538,7 +554,8 @@ def all_uploads_count(conn: Connection) -> int:
 
 _STORED_OBJECTS = (
     select(objects.c.id, buckets.c.name.label("bucket"), objects.c.key, objects.c.version_id,
-           objects.c.size, objects.c.etag, objects.c.blob_key, objects.c.parts_count)
+           objects.c.size, objects.c.etag, objects.c.blob_key, objects.c.parts_count,
+           objects.c.encryption)
     .select_from(objects.join(buckets, buckets.c.id == objects.c.bucket_id))
     .where(objects.c.id > bindparam("after_id"), objects.c.blob_key.is_not(None))
     .order_by(objects.c.id).limit(bindparam("limit"))
@@ -551,15 +568,16 @@ def stored_objects_after(conn: Connection, after_id: int, limit: int, *,
     with their part layouts. Two statements: run it with ``Database.scan``."""
     rows = conn.execute(_STORED_OBJECTS, {"after_id": after_id, "limit": limit}).all()
     layouts: dict[int, list[ObjectPart]] = {}
-    multipart_ids = [r.id for r in rows if r.parts_count]
-    if with_parts and multipart_ids:
+    # An encrypted multipart blob's size follows from its layout: loaded for those always.
+    multipart_ids = [r.id for r in rows if r.parts_count and (with_parts or r.encryption)]
+    if multipart_ids:
         for p in conn.execute(select(object_parts)
                               .where(object_parts.c.object_id.in_(multipart_ids))
                               .order_by(object_parts.c.object_id, object_parts.c.part_number)):
             layouts.setdefault(int(p.object_id), []).append(
                 ObjectPart(p.part_number, p.offset, p.size, p.etag, p.checksum_value))
     return [StoredObject(int(r.id), r.bucket, r.key, r.version_id, int(r.size), r.etag,
-                         r.blob_key, tuple(layouts.get(int(r.id), ())))
+                         r.blob_key, tuple(layouts.get(int(r.id), ())), r.encryption or None)
             for r in rows]
 
 

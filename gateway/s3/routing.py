@@ -38,6 +38,9 @@ class Op(Enum):
     GET_BUCKET_LIFECYCLE = "GetBucketLifecycleConfiguration"
     PUT_BUCKET_LIFECYCLE = "PutBucketLifecycleConfiguration"
     DELETE_BUCKET_LIFECYCLE = "DeleteBucketLifecycle"
+    GET_BUCKET_ENCRYPTION = "GetBucketEncryption"
+    PUT_BUCKET_ENCRYPTION = "PutBucketEncryption"
+    DELETE_BUCKET_ENCRYPTION = "DeleteBucketEncryption"
     BUCKET_SUBRESOURCE = "BucketSubresource"  # any other ?word on a bucket
     # object
     PUT_OBJECT = "PutObject"
@@ -87,6 +90,9 @@ _BUCKET_NAMED = {
     ("GET", "lifecycle"): Op.GET_BUCKET_LIFECYCLE,
     ("PUT", "lifecycle"): Op.PUT_BUCKET_LIFECYCLE,
     ("DELETE", "lifecycle"): Op.DELETE_BUCKET_LIFECYCLE,
+    ("GET", "encryption"): Op.GET_BUCKET_ENCRYPTION,
+    ("PUT", "encryption"): Op.PUT_BUCKET_ENCRYPTION,
+    ("DELETE", "encryption"): Op.DELETE_BUCKET_ENCRYPTION,
 }
 _OBJECT_NAMED = {
     ("GET", "acl"): Op.GET_OBJECT_ACL,

@@ -17,6 +17,7 @@ from gateway.metadata import repo
 from gateway.service import versions
 from gateway.service.context import Context
 from gateway.service.groups import caller_grants
+from gateway.service.sse import BucketEncryption
 from gateway.types import BucketRecord, Principal
 
 RESERVED_BUCKET_NAMES = frozenset({"api", "console", "healthz", "readyz", "metrics", "ws"})
@@ -123,6 +124,26 @@ class BucketService:
                        rules: list[dict[str, Any]] | None) -> None:
         bucket = await self.owned(principal, name)
         await self.ctx.db.write(lambda conn: repo.set_bucket_cors(conn, bucket.id, rules))
+
+    async def get_encryption(self, principal: Principal, name: str) -> BucketEncryption:
+        """The bucket's default encryption (GetBucketEncryption); configuration, like CORS:
+        owner, admins and ``full`` grantees."""
+        bucket = await self.owned(principal, name)
+        config = BucketEncryption.of(bucket)
+        if config is None:
+            raise errors.ServerSideEncryptionConfigurationNotFoundError(
+                fields={"BucketName": name})
+        return config
+
+    async def set_encryption(self, principal: Principal, name: str,
+                             config: BucketEncryption | None) -> None:
+        """Set (or, with None, remove) the default encryption of new objects; objects
+        already stored keep theirs."""
+        bucket = await self.owned(principal, name)
+        value = config.as_json() if config is not None else None
+        if not await self.ctx.db.write(
+                lambda conn: repo.set_bucket_encryption(conn, bucket.id, value)):
+            raise errors.NoSuchBucket(fields={"BucketName": name})
 
     async def set_versioning(self, principal: Principal, name: str, state: str) -> None:
         """``Enabled`` or ``Suspended``; a bucket never goes back to unversioned. Writes

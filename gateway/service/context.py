@@ -14,6 +14,7 @@ import anyio
 from gateway import errors
 from gateway.metadata.db import Database
 from gateway.service.changes import ChangeHub
+from gateway.service.encryption import Keyring
 from gateway.settings import Settings
 from storage_backends import Backend
 from storage_backends import errors as storage_errors
@@ -28,6 +29,20 @@ class Context:
     backend: Backend
     #: Wakes this process's change-log readers when a change commits here.
     hub: ChangeHub = field(default_factory=ChangeHub)
+    _keyring: Keyring | None = field(default=None, repr=False)
+
+    @property
+    def keyring(self) -> Keyring:
+        """The master keys of encryption at rest (SSE-S3), loaded once per process at the
+        first use (``GATEWAY_MASTER_KEY``, else ``<data dir>/master.keys``, made at the
+        first SSE-S3 write)."""
+        return self.load_keyring()
+
+    def load_keyring(self) -> Keyring:
+        """Raises ValueError for a malformed ``GATEWAY_MASTER_KEY`` or key file."""
+        if self._keyring is None:
+            self._keyring = Keyring.load(self.settings.master_key, self.settings.data_dir)
+        return self._keyring
 
     def new_blob_key(self, bucket_id: int, bucket: str | None = None,
                      key: str | None = None) -> str:

@@ -116,6 +116,12 @@ H_KEY_MD5 = "x-amz-server-side-encryption-customer-key-md5"
 H_KEY_MD5_OUT = "x-amz-server-side-encryption-customer-key-MD5"
 COPY_SOURCE_PREFIX = "x-amz-copy-source-"
 
+
+def copy_source_header(name: str) -> str:
+    """The copy source's spelling of an SSE-C header:
+    ``x-amz-copy-source-server-side-encryption-customer-…``."""
+    return COPY_SOURCE_PREFIX + name.removeprefix("x-amz-")
+
 MSG_UNSUPPORTED_METHOD = "The encryption method specified is not supported"
 MSG_KMS_KEY_WITHOUT_KMS = ("Server Side Encryption with AWS KMS managed key requires HTTP "
                            "header x-amz-server-side-encryption : aws:kms")
@@ -719,10 +725,10 @@ class CustomerKey:
 
     def headers(self, *, copy_source: bool = False) -> dict[str, str]:
         """The request headers carrying this key (for clients and tests)."""
-        prefix = COPY_SOURCE_PREFIX if copy_source else ""
-        return {prefix + H_ALGORITHM: ALGORITHM,
-                prefix + H_KEY: base64.b64encode(self.key).decode(),
-                prefix + H_KEY_MD5_OUT: self.md5}
+        name = copy_source_header if copy_source else str
+        return {name(H_ALGORITHM): ALGORITHM,
+                name(H_KEY): base64.b64encode(self.key).decode(),
+                name(H_KEY_MD5_OUT): self.md5}
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
@@ -739,10 +745,10 @@ def customer_key_from_headers(headers: Mapping[str, str], *,
     """The SSE-C key a request presents (``x-amz-server-side-encryption-customer-*``, or the
     ``x-amz-copy-source-…`` ones), validated as S3 does; None when it presents none."""
     h = _lower(headers)
-    prefix = COPY_SOURCE_PREFIX if copy_source else ""
-    algorithm = h.get(prefix + H_ALGORITHM)
-    encoded = h.get(prefix + H_KEY)
-    md5 = h.get(prefix + H_KEY_MD5)
+    name = copy_source_header if copy_source else str
+    algorithm = h.get(name(H_ALGORITHM))
+    encoded = h.get(name(H_KEY))
+    md5 = h.get(name(H_KEY_MD5))
     if algorithm is None and encoded is None and md5 is None:
         return None
     if not algorithm:

@@ -7,6 +7,10 @@ references (orphans) are what a crash between writing a blob and committing its 
 ``repair`` removes those older than the garbage-collection grace period (younger ones may
 belong to a write about to commit). Parts of multipart uploads in progress live where the
 backend keeps them, outside ``b/``, and are not looked at.
+
+An encrypted object's blob is judged by its ciphertext size. With ``--checksums`` an SSE-S3
+object is decrypted (which authenticates every chunk) and its plaintext checked against its
+ETag; an SSE-C object cannot be (the gateway does not have the key): only its size is.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from typing import Any
 import anyio
 from anyio.abc import ObjectReceiveStream
 
+from gateway.errors import GatewayError
 from gateway.metadata import repo
+from gateway.service import encryption
 from gateway.service.context import Context
 from gateway.service.maintenance import (
     BATCH,
+    BlobDigest,
     Finding,
     Findings,
     NoProgress,
@@ -31,6 +38,7 @@ from gateway.service.maintenance import (
     digest_blob,
     walk_objects,
 )
+from gateway.service.sse import open_plain, stored_size
 from gateway.types import StoredObject
 from storage_backends import BlobInfo, BlobNotFound, StorageError
 
@@ -57,7 +65,8 @@ class FsckReport:
     blobs_listed: int = 0
     #: Rows deleted while fsck ran.
     vanished: int = 0
-    #: Multipart objects without a part layout: only their size could be checked.
+    #: Multipart objects without a part layout, and SSE-C objects: only their size could
+    #: be checked.
     unverifiable: int = 0
     #: Unreferenced blobs younger than the grace period: writes in flight, left alone.
     young_skipped: int = 0
@@ -150,19 +159,52 @@ class Fsck:
         report = self.report
         report.objects_checked += 1
         info = await self.backend.head(obj.blob_key)
-        if info.size != obj.size:
+        expected = stored_size(obj)
+        if expected is not None and info.size != expected:
+            clear = f" ({obj.size} in clear)" if obj.encryption is not None else ""
             report.size_mismatches.add(Finding.of(
-                obj, f"the blob has {info.size} bytes, the object {obj.size}"))
+                obj, f"the blob has {info.size} bytes, the object {expected}{clear}"))
             return
         if not self.options.checksums:
             return
-        digest = await digest_blob(self.backend, obj)
-        report.bytes_read += digest.size
+        if obj.encryption is not None:
+            try:
+                digest = await self._digest_decrypted(obj)
+            except GatewayError as exc:  # damaged ciphertext, a master key that is gone
+                report.checksum_mismatches.add(Finding.of(obj, exc.message))
+                return
+            report.bytes_read += info.size
+        else:
+            digest = await digest_blob(self.backend, obj)
+            report.bytes_read += digest.size
         problems = digest.problems()
         if problems:
             report.checksum_mismatches.add(Finding.of(obj, "; ".join(problems)))
         elif digest.unverifiable:
             report.unverifiable += 1
+
+    async def _digest_decrypted(self, obj: StoredObject) -> BlobDigest:
+        """The plaintext's digest of an SSE-S3 object; of the ciphertext (its size alone
+        is judged) when the data key is the customer's."""
+        params = obj.encryption
+        assert params is not None
+        parts = None
+        if encryption.params_nonce(params) is None:  # completed from a multipart upload
+            parts = [(p.part_number, p.size) for p in obj.parts]
+        if encryption.params_mode(params) != encryption.SSE_S3 or (parts is not None
+                                                                   and not parts):
+            return await digest_blob(self.backend, obj)
+        key = encryption.data_key_for(params, keyring=self.ctx.keyring, customer=None)
+        assert key is not None
+        digest = BlobDigest(obj, plaintext=True)
+        reader = await open_plain(self.backend, obj.blob_key, params, key,
+                                  plain_size=obj.size, parts=parts)
+        try:
+            async for chunk in reader:
+                digest.update(chunk)
+        finally:
+            await reader.aclose()
+        return digest
 
     # -- orphans ---------------------------------------------------------------------------
 

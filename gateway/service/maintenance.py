@@ -7,6 +7,10 @@ the part layout (``object_parts``) records each part's offset, size and MD5, so 
 checked against its own ETag. An object copied from a multipart one keeps its ETag but has
 no layout: its bytes cannot be checked against the metadata, only its size
 (``BlobDigest.unverifiable``).
+
+An encrypted object's blob holds ciphertext (``service.encryption``): its size follows from
+the plaintext's (``sse.stored_size``), and its MD5s are the plaintext's, which only a reader
+holding the data key can check (``fsck --checksums`` does, for SSE-S3).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Protocol
 
 from gateway.metadata import repo
 from gateway.metadata.db import Database
+from gateway.service.sse import stored_size
 from gateway.types import ObjectPart, StoredObject
 from storage_backends import Backend
 
@@ -74,13 +79,17 @@ class Findings:
 
 
 class BlobDigest:
-    """Digests a blob as its bytes stream by: the whole MD5, and each recorded part's."""
+    """Digests a blob as its bytes stream by: the whole MD5, and each recorded part's.
 
-    def __init__(self, obj: StoredObject) -> None:
+    ``plaintext``: what is fed is the object's plaintext. By default it is, unless the
+    object is encrypted: then its ciphertext, of which only the size can be judged."""
+
+    def __init__(self, obj: StoredObject, *, plaintext: bool | None = None) -> None:
         self.obj = obj
         self.size = 0
+        self.ciphertext = obj.encryption is not None if plaintext is None else not plaintext
         self._md5 = hashlib.md5()
-        self._parts: tuple[ObjectPart, ...] = obj.parts
+        self._parts: tuple[ObjectPart, ...] = () if self.ciphertext else obj.parts
         self._part_md5 = hashlib.md5()
         self._part_left = obj.parts[0].size if obj.parts else 0
         self._part_digests: list[str] = []
@@ -95,8 +104,9 @@ class BlobDigest:
 
     @property
     def unverifiable(self) -> bool:
-        """A multipart ETag without a recorded layout: only the size can be checked."""
-        return self.multipart and not self._parts
+        """Only the size can be checked: ciphertext, or a multipart ETag without a
+        recorded layout."""
+        return self.ciphertext or (self.multipart and not self._parts)
 
     def update(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -119,6 +129,12 @@ class BlobDigest:
     def problems(self) -> list[str]:
         """Call once all bytes went through ``update``; empty when the blob is right."""
         obj = self.obj
+        if self.ciphertext:
+            stored = stored_size(obj)
+            if stored is not None and self.size != stored:
+                return [f"the blob has {self.size} bytes, the encrypted object "
+                        f"{stored} ({obj.size} in clear)"]
+            return []
         if self.size != obj.size:
             return [f"the blob has {self.size} bytes, the object {obj.size}"]
         if not self.multipart:

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import pairwise
+from typing import Any
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway import checksums, errors
 from gateway.metadata import repo
-from gateway.service import changes
+from gateway.service import changes, sse
 from gateway.service.conditions import check_write
 from gateway.service.context import Context, backend_errors, shielded
+from gateway.service.encryption import SSE_S3, CustomerKey, WriteEncryption, params_mode
 from gateway.service.listing import successor
 from gateway.service.objects import ObjectRead, ObjectService, VerifiedBody, validate_key
 from gateway.service.packages import MalwareDetected, UnsupportedFileType
@@ -120,9 +122,15 @@ class MultipartService:
 
     async def create(self, principal: Principal, bucket_name: str, key: str,
                      attrs: ObjectAttributes, *, checksum_algorithm: str | None = None,
-                     checksum_type: str | None = None) -> UploadRecord:
+                     checksum_type: str | None = None,
+                     encryption: WriteEncryption | None = None) -> UploadRecord:
+        """``encryption``: what the request asked for (none: the bucket's default). An
+        encrypted upload has one data key; each part is its own segment of ciphertext
+        (``service.encryption``), and the completed object keeps the upload's parameters."""
         validate_key(key)
         bucket = await self.objects.bucket(principal, bucket_name, write=True, acl=attrs.acl)
+        sealing = sse.new_sealing(self.ctx.keyring, encryption or WriteEncryption(), bucket,
+                                  multipart=True)
         await self.objects.packages.check_name_and_size(bucket.name, key, None, principal.name)
         attrs = self.objects.packages.adjust_attrs(bucket.name, key, attrs)
         kind = checksum_type_for(checksum_algorithm, checksum_type)
@@ -135,7 +143,8 @@ class MultipartService:
             initiated_at=datetime.now(UTC), state=ACTIVE, content_type=attrs.content_type,
             user_metadata=attrs.user_metadata, headers=attrs.headers,
             storage_class=attrs.storage_class, checksum_algorithm=checksum_algorithm,
-            checksum_type=kind, acl=attrs.acl, tags=attrs.tags)
+            checksum_type=kind, acl=attrs.acl, tags=attrs.tags,
+            encryption=sealing.params if sealing is not None else None)
         values = {name: getattr(record, name) for name in record.__slots__}
         try:
             await self.ctx.db.write(lambda conn: repo.insert_upload(conn, values))
@@ -155,13 +164,26 @@ class MultipartService:
     # -- parts -----------------------------------------------------------------------------
 
     async def upload_part(self, upload: UploadRecord, part_number: int, body: VerifiedBody,
-                          *, size_hint: int | None = None) -> PartRecord:
+                          *, size_hint: int | None = None,
+                          customer: CustomerKey | None = None) -> PartRecord:
+        """``customer``: the SSE-C key, which every part of an SSE-C upload repeats. The
+        part's size, ETag and checksum are its plaintext's; the backend holds it encrypted
+        (as segment ``part_number``)."""
+        data_key = sse.data_key(upload.encryption, self.ctx.keyring, customer,
+                                purpose="part")
+        stream: Any = body
+        stored = size_hint
+        if upload.encryption is not None and data_key is not None:
+            sealing = sse.Sealing(upload.encryption, data_key)
+            stream = sealing.seal(body, segment=part_number)
+            stored = sealing.stored_size(size_hint)
+
         async def store() -> PartRecord:
             try:
                 with backend_errors():
                     info = await self.ctx.backend.put_part(
-                        upload.blob_key, upload.backend_upload_id, part_number, body,
-                        size=size_hint)
+                        upload.blob_key, upload.backend_upload_id, part_number, stream,
+                        size=stored)
             except storage_errors.UploadNotFound:
                 raise errors.NoSuchUpload(fields={"UploadId": upload.id}) from None
             if body.size > MAX_PART_SIZE:
@@ -236,15 +258,24 @@ class MultipartService:
         self, principal: Principal, upload: UploadRecord, part_number: int, *,
         src_bucket: str, src_key: str, src_version: str | None,
         src_range: RangeSpec | None, conditions: ReadConditions,
+        customer: CustomerKey | None = None, source_customer: CustomerKey | None = None,
     ) -> PartRecord:
+        """``customer``: the SSE-C key of the upload; ``source_customer``: the source's."""
         validate_part_number(part_number)
+        sse.data_key(upload.encryption, self.ctx.keyring, customer, purpose="part")
         # Server-side where the backend can tell the copied bytes' MD5 (the part's ETag) and
-        # no other checksum of them is needed; otherwise the bytes stream through here.
+        # no other checksum of them is needed, and neither side is encrypted; otherwise the
+        # bytes stream through here.
         server_side = (self.ctx.backend.capabilities.part_copy_md5
-                       and upload.checksum_algorithm is None)
+                       and upload.checksum_algorithm is None and upload.encryption is None)
         read = await self.objects.open(principal, src_bucket, src_key, version_id=src_version,
                                        range_spec=src_range, conditions=conditions,
-                                       copy_source=True, head=server_side)
+                                       copy_source=True, head=server_side,
+                                       customer=source_customer)
+        if server_side and read.record.encryption is not None:
+            read = await self.objects.open(
+                principal, src_bucket, src_key, version_id=src_version, range_spec=src_range,
+                conditions=conditions, copy_source=True, customer=source_customer)
         reader = read.reader
         try:
             if src_range is not None and (src_range.last or 0) >= read.record.size:
@@ -260,7 +291,8 @@ class MultipartService:
                 reader = BytesReader(b"")
             body = checksums.DigestingStream(reader, expected_size=length,
                                              checksum_algorithm=upload.checksum_algorithm)
-            return await self.upload_part(upload, part_number, body, size_hint=length)
+            return await self.upload_part(upload, part_number, body, size_hint=length,
+                                          customer=customer)
         finally:
             if reader is not None:
                 await reader.aclose()
@@ -315,9 +347,18 @@ class MultipartService:
     async def complete(self, principal: Principal, bucket_name: str, key: str,
                        upload_id: str, requested: Sequence[CompletedPart], *,
                        conditions: WriteConditions = WriteConditions(),
-                       expected_checksum: tuple[str, str] | None = None) -> ObjectRecord:
+                       expected_checksum: tuple[str, str] | None = None,
+                       customer: CustomerKey | None = None) -> ObjectRecord:
+        """``customer``: the SSE-C key, optional (S3 takes it, never requires it); checked
+        when given, and needed only when the completed object must be inspected."""
         upload = await self.get_upload(principal, bucket_name, key, upload_id)
         bucket = await self.objects.bucket(principal, bucket_name, write=True)
+        # The data key, for the inspection: SSE-S3's is the gateway's to open, SSE-C's only
+        # with the customer's key.
+        data_key = None
+        if customer is not None or params_mode(upload.encryption) == SSE_S3:
+            data_key = sse.data_key(upload.encryption, self.ctx.keyring, customer,
+                                    purpose="part")
         if not requested:
             raise errors.MalformedXML("You must specify at least one part")
         numbers = [p.part_number for p in requested]
@@ -350,7 +391,8 @@ class MultipartService:
             # Nothing has changed in the backend yet: the upload takes parts again.
             await self.ctx.db.write(lambda conn: repo.set_upload_state(conn, upload_id, ACTIVE))
             raise
-        refs = [PartRef(p.part_number, p.size, p.token) for p in chosen]
+        refs = [PartRef(p.part_number, sse.part_size(upload.encryption, p.size), p.token)
+                for p in chosen]
         try:
             with backend_errors():
                 completed = await self.ctx.backend.complete_multipart(
@@ -371,8 +413,12 @@ class MultipartService:
             return freed
 
         try:
+            size = sum(p.size for p in chosen)
             await self.objects.packages.inspect_blob(
-                bucket.name, key, completed.key, sum(p.size for p in chosen), principal.name)
+                bucket.name, key, completed.key, size, principal.name,
+                open_blob=self.objects.blob_opener(
+                    completed.key, size, upload.encryption, data_key,
+                    [(p.part_number, p.size) for p in chosen]))
         except (UnsupportedFileType, MalwareDetected):
             # Refused for what it holds: the upload is over, nothing of it is kept.
             await self.ctx.discard_blob(completed.key)
@@ -393,7 +439,7 @@ class MultipartService:
                 owner_id=upload.owner_id, parts=layout, before=consume,
                 # Anything but a lost race keeps the completed blob for a retry.
                 keep_blob_on=(errors.GatewayError, OSError, IntegrityError),
-                event=changes.EVENT_COMPLETE)
+                event=changes.EVENT_COMPLETE, encryption=upload.encryption)
         except _UploadGone:
             await self.ctx.discard_blob(completed.key)
             raise errors.NoSuchUpload(fields={"UploadId": upload_id}) from None

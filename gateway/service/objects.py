@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -25,9 +25,10 @@ from gateway.auth.policy import (
     require_full,
 )
 from gateway.metadata import repo
-from gateway.service import changes, versions
+from gateway.service import changes, sse, versions
 from gateway.service.conditions import check_copy_source, check_read, check_write, resolve_range
 from gateway.service.context import Context, backend_errors, shielded
+from gateway.service.encryption import CustomerKey, WriteEncryption
 from gateway.service.groups import caller_grants
 from gateway.service.packages import (
     MalwareDetected,
@@ -46,6 +47,9 @@ from gateway.types import (
     WriteConditions,
 )
 from storage_backends import BlobNotFound, BlobReader, ByteRange
+
+#: Opens a blob's plaintext bytes (all, or a range): ``backend.get`` for a blob in clear.
+OpenBlob = Callable[[ByteRange | None], Awaitable[BlobReader]]
 
 log = logging.getLogger("gateway.service")
 
@@ -162,10 +166,14 @@ class ObjectService:
         size_hint: int | None = None,
         size_bound: int | None = None,
         event: str = changes.EVENT_PUT,
+        encryption: WriteEncryption | None = None,
     ) -> ObjectRecord:
         """``size_hint``: the announced size (Content-Length or the decoded length);
         ``size_bound``: when the size is unknown, at most this many bytes can come (a form
-        upload's request length), which is what the quota holds."""
+        upload's request length), which is what the quota holds. ``encryption``: what the
+        request asked for (none: the bucket's default applies). The body is digested and
+        inspected as it arrives, then encrypted: ETags, checksums and sizes are the
+        plaintext's."""
         validate_key(key)
         if size_hint is not None and size_hint > MAX_OBJECT_SIZE:
             raise errors.EntityTooLarge()
@@ -177,6 +185,7 @@ class ObjectService:
             current = await self.ctx.db.read(
                 lambda conn: repo.latest_object(conn, bucket.id, key))
             check_write(conditions, _live(current))
+        sealing = sse.new_sealing(self.ctx.keyring, encryption or WriteEncryption(), bucket)
         inspection = await self.packages.precheck(bucket.name, key, size_hint, principal.name)
         try:
             reservation = await self.quotas.reserve(bucket, nbytes=hold, key=key)
@@ -185,11 +194,15 @@ class ObjectService:
                 await inspection.aclose()
             raise
         try:
+            stream = self.packages.wrap(body, inspection)
+            stored = size_hint
+            if sealing is not None:
+                stream, stored = sealing.seal(stream), sealing.stored_size(size_hint)
             try:
                 with backend_errors():
                     blob_key = (await self.ctx.backend.put(
-                        self.ctx.new_blob_key(bucket.id, bucket.name, key),
-                        self.packages.wrap(body, inspection), size=size_hint)).key
+                        self.ctx.new_blob_key(bucket.id, bucket.name, key), stream,
+                        size=stored)).key
             except (UnsupportedFileType, MalwareDetected) as exc:
                 await self.packages.record_rejection(bucket.name, key, exc, principal.name)
                 raise
@@ -208,7 +221,8 @@ class ObjectService:
                 bucket, key, blob_key, conditions,
                 size=body.size, etag=body.md5_hex, attrs=attrs,
                 checksum=(body.checksum_algorithm, body.checksum_value),
-                owner_id=principal.user_id, reservation=reservation, event=event)
+                owner_id=principal.user_id, reservation=reservation, event=event,
+                encryption=sealing.params if sealing is not None else None)
         except BaseException:
             await self.quotas.release(reservation)
             raise
@@ -230,9 +244,11 @@ class ObjectService:
         keep_blob_on: tuple[type[BaseException], ...] = (),
         reservation: Reservation = NOTHING_HELD,
         event: str = changes.EVENT_PUT,
+        encryption: dict[str, Any] | None = None,
     ) -> ObjectRecord:
         """Point the key at ``blob_key``, and move the bucket's usage by what changes, and
-        record the change (``event``) in the change log.
+        record the change (``event``) in the change log. ``encryption``: the parameters
+        the blob was encrypted with (None: it holds the plaintext).
         ``before`` runs first in the same transaction (a multipart completion consumes its
         upload there) and returns the bytes of usage it freed. On failure the new blob is
         discarded, unless the exception is one of ``keep_blob_on`` (a retry may reuse it).
@@ -245,6 +261,7 @@ class ObjectService:
             "checksum_value": checksum[1], "storage_class": attrs.storage_class,
             "owner_id": owner_id, "is_delete_marker": False, "is_latest": True,
             "parts_count": len(parts) or None, "acl": attrs.acl, "tags": attrs.tags,
+            "encryption": encryption,
         }
 
         def unit(conn: Connection) -> tuple[versions.Placed, int]:
@@ -288,7 +305,8 @@ class ObjectService:
             content_type=attrs.content_type, user_metadata=attrs.user_metadata,
             headers=attrs.headers, checksum_algorithm=checksum[0],
             checksum_value=checksum[1], storage_class=attrs.storage_class,
-            parts_count=len(parts) or None, acl=attrs.acl, tags=attrs.tags)
+            parts_count=len(parts) or None, acl=attrs.acl, tags=attrs.tags,
+            encryption=encryption)
 
     async def _bucket_gone(self, bucket: BucketRecord) -> bool:
         found = await self.ctx.db.read(lambda conn: repo.bucket_by_name(conn, bucket.name))
@@ -308,13 +326,24 @@ class ObjectService:
         replace_tags: bool = False,
         source_conditions: ReadConditions = ReadConditions(),
         conditions: WriteConditions = WriteConditions(),
+        source_customer: CustomerKey | None = None,
+        encryption: WriteEncryption | None = None,
     ) -> ObjectRecord:
+        """``source_customer``: the SSE-C key of the source (``x-amz-copy-source-server-
+        side-encryption-customer-*``); ``encryption``: the target's, as the request asks
+        (none: the target bucket's default applies; the source's is never inherited).
+        Encrypted the same way as its source (SSE-S3 to SSE-S3, SSE-C to SSE-C under the
+        same key), the target shares the source's data key, re-wrapped, and its blob is
+        copied as it is; otherwise the bytes stream through here, decrypted and encrypted
+        anew."""
         validate_key(dst_key)
         _check_version(src_version)
+        write = encryption or WriteEncryption()
         src_b = await self.bucket(principal, src_bucket, write=False)
         dst_b = await self.bucket(principal, dst_bucket, write=True, acl=attrs.acl)
         attrs = self.packages.adjust_attrs(dst_b.name, dst_key, attrs)
-        if src_b.id == dst_b.id and src_key == dst_key and not replace_metadata:
+        if (src_b.id == dst_b.id and src_key == dst_key and not replace_metadata
+                and write.mode is None):
             raise errors.InvalidRequest(
                 "This copy request is illegal because it is trying to copy an object to "
                 "itself without changing the object's metadata, storage class, website "
@@ -330,24 +359,36 @@ class ObjectService:
                                             "version id.")
             if src is None or src.is_delete_marker or src.blob_key is None:
                 raise errors.NoSuchKey(fields={"Key": src_key})
+            src_data_key = sse.data_key(src.encryption, self.ctx.keyring, source_customer)
             check_copy_source(source_conditions, src.etag, src.last_modified)
             self.quotas.check_object_size(dst_b, src.size)
             await self.packages.check_name_and_size(dst_b.name, dst_key, src.size,
                                                     principal.name)
+            sealing = sse.reuse_sealing(src, src_data_key, write, dst_b, self.ctx.keyring)
+            as_is = sealing is not None or (src.encryption is None and
+                                            write.resolve(sse.bucket_default(dst_b)) is None)
+            if not as_is:
+                sealing = sse.new_sealing(self.ctx.keyring, write, dst_b)
             reservation = await self.quotas.reserve(dst_b, nbytes=src.size, key=dst_key)
             try:
                 with backend_errors():
-                    blob_key = (await self.ctx.backend.copy(
-                        src.blob_key, self.ctx.new_blob_key(dst_b.id, dst_b.name, dst_key))).key
+                    target = self.ctx.new_blob_key(dst_b.id, dst_b.name, dst_key)
+                    if as_is:
+                        blob_key = (await self.ctx.backend.copy(src.blob_key, target)).key
+                    else:
+                        blob_key = await self._recrypt(src, src_data_key, sealing, target)
             except BlobNotFound:
                 await self.quotas.release(reservation)
                 continue  # the source was overwritten meanwhile: read it again
             except BaseException:
                 await self.quotas.release(reservation)
                 raise
+            params = sealing.params if sealing is not None else None
             try:
-                await self.packages.inspect_blob(dst_b.name, dst_key, blob_key, src.size,
-                                                 principal.name)
+                await self.packages.inspect_blob(
+                    dst_b.name, dst_key, blob_key, src.size, principal.name,
+                    open_blob=self.blob_opener(blob_key, src.size, params,
+                                               sealing.data_key if sealing else None))
             except BaseException:
                 await self.ctx.discard_blob(blob_key)
                 await self.quotas.release(reservation)
@@ -366,11 +407,49 @@ class ObjectService:
                     dst_b, dst_key, blob_key, conditions, size=src.size, etag=src.etag,
                     attrs=new_attrs, checksum=(src.checksum_algorithm, src.checksum_value),
                     owner_id=principal.user_id, reservation=reservation,
-                    event=changes.EVENT_COPY)
+                    event=changes.EVENT_COPY, encryption=params)
             except BaseException:
                 await self.quotas.release(reservation)
                 raise
         raise errors.ConditionalRequestConflict()
+
+    async def _recrypt(self, src: ObjectRecord, data_key: bytes | None,
+                       sealing: sse.Sealing | None, target: str) -> str:
+        """Stream the source's plaintext into a new blob ``target``, encrypted with
+        ``sealing`` (or not); its key. Raises ``BlobNotFound`` when the source is gone."""
+        reader = await self.open_blob(src, None, data_key)
+        try:
+            source: AsyncIterator[bytes] | BlobReader = reader
+            size: int | None = src.size
+            if sealing is not None:
+                source, size = sealing.seal(reader), sealing.stored_size(src.size)
+            return (await self.ctx.backend.put(target, source, size=size)).key
+        finally:
+            await reader.aclose()
+
+    async def open_blob(self, obj: ObjectRecord, byte_range: ByteRange | None,
+                        data_key: bytes | None) -> BlobReader:
+        """A reader of the object's plaintext ``byte_range`` (None: all of it), decrypted
+        with ``data_key`` when the object is encrypted. Raises ``BlobNotFound``."""
+        return await sse.open_object(self.ctx, obj, byte_range, data_key)
+
+    def blob_opener(self, blob_key: str, size: int, params: dict[str, Any] | None,
+                    data_key: bytes | None,
+                    parts: Sequence[tuple[int, int]] | None = None) -> OpenBlob:
+        """How to read a blob no row points to yet (a copy, a completed upload) as
+        plaintext, for the package inspection."""
+
+        async def open_blob(byte_range: ByteRange | None) -> BlobReader:
+            if params is None:
+                return await self.ctx.backend.get(blob_key, byte_range=byte_range)
+            if data_key is None:  # SSE-C, and the request did not bring the key
+                raise errors.InvalidRequest(
+                    "The object must be inspected before it is stored: the request must "
+                    "include its encryption key.")
+            return await sse.open_plain(self.ctx.backend, blob_key, params, data_key,
+                                        plain_size=size, byte_range=byte_range, parts=parts)
+
+        return open_blob
 
     async def delete(self, principal: Principal, bucket_name: str, key: str,
                      version_id: str | None = None) -> DeleteOutcome:
@@ -469,10 +548,13 @@ class ObjectService:
         head: bool = False,
         part_number: int | None = None,
         copy_source: bool = False,
+        customer: CustomerKey | None = None,
     ) -> ObjectRead:
         """Everything that can fail is checked here, before a response starts.
         ``copy_source``: the object is read as the source of a copy (failed conditions are
-        412, never 304)."""
+        412, never 304). ``customer``: the SSE-C key the request presents; an SSE-C object
+        (HEAD included) is refused without the right one. Ranges and parts are the
+        plaintext's; an encrypted object is read (and authenticated) by whole chunks."""
         validate_key(key)
         _check_version(version_id)
         if part_number is not None and range_spec is not None:
@@ -492,6 +574,7 @@ class ObjectService:
                 raise errors.AccessDenied()
             _require_object(obj, marker, key, version_id)
             assert obj is not None and obj.blob_key is not None
+            data_key = sse.data_key(obj.encryption, self.ctx.keyring, customer)
             if copy_source:
                 check_copy_source(conditions, obj.etag, obj.last_modified)
             else:
@@ -506,7 +589,7 @@ class ObjectService:
                 return ObjectRead(obj, byte_range, None)
             try:
                 with backend_errors():
-                    reader = await self.ctx.backend.get(obj.blob_key, byte_range=byte_range)
+                    reader = await self.open_blob(obj, byte_range, data_key)
             except BlobNotFound:
                 continue  # overwritten between the row read and the open: read again
             return ObjectRead(obj, byte_range, reader)

@@ -56,8 +56,9 @@ from gateway import errors
 from gateway.headers import META_PREFIX, has_control_characters, object_attributes
 from gateway.metadata import repo
 from gateway.metadata.models import bot_admins, bots, customers
-from gateway.service import changes, versions
+from gateway.service import changes, sse, versions
 from gateway.service.context import Context, backend_errors, shielded
+from gateway.service.encryption import WriteEncryption
 from gateway.service.objects import MAX_OBJECT_SIZE, validate_key
 from gateway.service.packages import MalwareDetected, PackageService, UnsupportedFileType
 from gateway.service.quota import NOTHING_HELD, Limits, QuotaService
@@ -138,6 +139,8 @@ class _Staged:
     size: int
     etag: str
     attrs: ObjectAttributes
+    #: Encryption parameters (the bucket's default encryption applies to imports).
+    encryption: dict[str, Any] | None = None
 
 
 class PackageArchiveService:
@@ -235,8 +238,11 @@ class PackageArchiveService:
             if record.blob_key is None:
                 return None  # nothing to serve (S3 answers NoSuchKey for it too)
             try:
+                # An encrypted object is exported in clear (an SSE-C one cannot be: the
+                # gateway does not have its key, and the export fails with InvalidRequest).
+                data_key = sse.data_key(record.encryption, self.ctx.keyring, None)
                 with backend_errors():
-                    return record, await self.ctx.backend.get(record.blob_key)
+                    return record, await sse.open_object(self.ctx, record, None, data_key)
             except BlobNotFound:
                 fresh = await self.ctx.db.read(_latest(bucket.id, record.key))
                 if fresh is None or fresh.is_delete_marker:
@@ -354,11 +360,16 @@ class PackageArchiveService:
         attrs = rules.adjust_attrs(bucket.name, member.key, member.attrs)
         inspection = await rules.precheck(bucket.name, member.key, member.size, principal.name)
         body = _MemberBody(archive, member.size)
+        sealing = sse.new_sealing(self.ctx.keyring, WriteEncryption(), bucket)
+        stream: Any = rules.wrap(body, inspection)
+        stored: int | None = member.size
+        if sealing is not None:  # the bucket's default encryption
+            stream, stored = sealing.seal(stream), sealing.stored_size(member.size)
         try:
             with backend_errors():
                 blob_key = (await self.ctx.backend.put(
                     self.ctx.new_blob_key(bucket.id, bucket.name, member.key),
-                    rules.wrap(body, inspection), size=member.size)).key
+                    stream, size=stored)).key
         except (UnsupportedFileType, MalwareDetected) as exc:
             await rules.record_rejection(bucket.name, member.key, exc, principal.name)
             raise
@@ -369,7 +380,8 @@ class PackageArchiveService:
             await self.ctx.discard_blob(blob_key)
             raise InvalidArchive(f"The bytes of {member.key!r} do not match the ETag its "
                                  "export recorded: the archive is damaged.")
-        return _Staged(member.key, blob_key, member.size, body.md5_hex, attrs)
+        return _Staged(member.key, blob_key, member.size, body.md5_hex, attrs,
+                       sealing.params if sealing is not None else None)
 
     async def _commit(self, bucket: BucketRecord, members: list[_Staged], mode: ImportMode,
                       owner_id: int) -> tuple[int, list[str], int]:
@@ -383,7 +395,7 @@ class PackageArchiveService:
             "checksum_algorithm": None, "checksum_value": None,
             "storage_class": item.attrs.storage_class, "owner_id": owner_id,
             "is_delete_marker": False, "parts_count": None, "acl": item.attrs.acl,
-            "tags": item.attrs.tags,
+            "tags": item.attrs.tags, "encryption": item.encryption,
         }) for item in members]
         keys = {item.key for item in members}
 

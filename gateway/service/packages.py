@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -389,9 +389,12 @@ class PackageService:
         return body if inspection is None else InspectedBody(body, inspection)
 
     async def inspect_blob(self, bucket: str, key: str, blob_key: str, size: int,
-                           principal: str | None = None) -> None:
+                           principal: str | None = None, *,
+                           open_blob: Callable[[Any], Awaitable[Any]] | None = None) -> None:
         """Inspect a blob the backend already holds but no object points to yet (a
-        completed multipart upload, a copy); raises when it must not commit."""
+        completed multipart upload, a copy); raises when it must not commit.
+        ``open_blob``: how to read its plaintext (a byte range or None: all), for an
+        encrypted blob; by default the backend's bytes."""
         inspection = await self.precheck(bucket, key, size, principal)
         if inspection is None:
             return
@@ -401,7 +404,8 @@ class PackageService:
             scanning = inspection.session is not None
             byte_range = None if scanning or size <= SNIFF_BYTES else ByteRange(0, SNIFF_BYTES)
             if size:
-                reader = await self.ctx.backend.get(blob_key, byte_range=byte_range)
+                reader = await (open_blob(byte_range) if open_blob is not None else
+                                self.ctx.backend.get(blob_key, byte_range=byte_range))
                 try:
                     async for chunk in reader:
                         await inspection.feed(chunk)

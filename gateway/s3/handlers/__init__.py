@@ -9,6 +9,7 @@ from starlette.responses import Response
 from gateway.s3.handlers import (
     access,
     buckets,
+    encryption,
     lifecycle,
     listing,
     multipart,
@@ -62,4 +63,7 @@ HANDLERS: dict[Op, Handler] = {
     Op.PUT_BUCKET_LIFECYCLE: lifecycle.put_bucket_lifecycle,
     Op.GET_BUCKET_LIFECYCLE: lifecycle.get_bucket_lifecycle,
     Op.DELETE_BUCKET_LIFECYCLE: lifecycle.delete_bucket_lifecycle,
+    Op.PUT_BUCKET_ENCRYPTION: encryption.put_bucket_encryption,
+    Op.GET_BUCKET_ENCRYPTION: encryption.get_bucket_encryption,
+    Op.DELETE_BUCKET_ENCRYPTION: encryption.delete_bucket_encryption,
 }

@@ -22,6 +22,11 @@ from gateway.s3.handlers.common import owner_xml, xml_response
 from gateway.s3.handlers.objects import checksum_type, int_param, version_header
 from gateway.s3.request import S3Request
 from gateway.s3.xml import children, el, iso8601, local, parse
+from gateway.service.encryption import (
+    customer_key_from_headers,
+    response_headers,
+    write_encryption_from_headers,
+)
 from gateway.service.multipart import MAX_LIST, CompletedPart
 from gateway.service.tagging import parse_tagging_header
 from gateway.types import PartRecord, RangeKind, UploadRecord
@@ -55,18 +60,19 @@ async def create_multipart_upload(req: S3Request) -> Response:
                                 tags=parse_tagging_header(req.headers.get("x-amz-tagging")))
     upload = await req.gateway.multipart.create(
         req.principal, req.bucket, req.key, attrs,
-        checksum_algorithm=algorithm, checksum_type=req.headers.get("x-amz-checksum-type"))
-    headers = {}
+        checksum_algorithm=algorithm, checksum_type=req.headers.get("x-amz-checksum-type"),
+        encryption=write_encryption_from_headers(req.headers))
+    headers = response_headers(upload.encryption)
     if upload.checksum_algorithm and upload.checksum_type:
-        headers = {"x-amz-checksum-algorithm": upload.checksum_algorithm,
-                   "x-amz-checksum-type": upload.checksum_type}
+        headers.update({"x-amz-checksum-algorithm": upload.checksum_algorithm,
+                        "x-amz-checksum-type": upload.checksum_type})
     return xml_response("InitiateMultipartUploadResult", [
         el("Bucket", req.bucket), el("Key", req.key), el("UploadId", upload.id)],
         headers=headers)
 
 
 def _part_headers(upload: UploadRecord, part: PartRecord) -> dict[str, str]:
-    headers = {"ETag": f'"{part.etag}"'}
+    headers = {"ETag": f'"{part.etag}"', **response_headers(upload.encryption)}
     if upload.checksum_algorithm and part.checksum_value:
         headers[header_for(upload.checksum_algorithm)] = part.checksum_value
     return headers
@@ -74,15 +80,19 @@ def _part_headers(upload: UploadRecord, part: PartRecord) -> dict[str, str]:
 
 async def upload_part(req: S3Request) -> Response:
     number = _part_number(req)
+    customer = customer_key_from_headers(req.headers)
     upload = await req.gateway.multipart.get_upload(req.principal, req.bucket, req.key,
                                                     req.query["uploadId"])
     body, size = req.body(default_checksum=upload.checksum_algorithm)
-    part = await req.gateway.multipart.upload_part(upload, number, body, size_hint=size)
+    part = await req.gateway.multipart.upload_part(upload, number, body, size_hint=size,
+                                                   customer=customer)
     return Response(status_code=200, headers=_part_headers(upload, part))
 
 
 async def upload_part_copy(req: S3Request) -> Response:
     number = _part_number(req)
+    customer = customer_key_from_headers(req.headers)
+    source_customer = customer_key_from_headers(req.headers, copy_source=True)
     upload = await req.gateway.multipart.get_upload(req.principal, req.bucket, req.key,
                                                     req.query["uploadId"])
     src_bucket, src_key, src_version = parse_copy_source(req.headers["x-amz-copy-source"])
@@ -97,7 +107,8 @@ async def upload_part_copy(req: S3Request) -> Response:
         part = await req.gateway.multipart.upload_part_copy(
             req.principal, upload, number, src_bucket=src_bucket, src_key=src_key,
             src_version=src_version, src_range=src_range,
-            conditions=read_conditions(req.headers, prefix="x-amz-copy-source-"))
+            conditions=read_conditions(req.headers, prefix="x-amz-copy-source-"),
+            customer=customer, source_customer=source_customer)
     except errors.InvalidRange as exc:
         raise errors.InvalidArgument(
             "Range specified is not valid for source object of size: "
@@ -105,7 +116,7 @@ async def upload_part_copy(req: S3Request) -> Response:
             name="x-amz-copy-source-range", value=raw_range or "") from None
     result = [el("ETag", f'"{part.etag}"'), el("LastModified", iso8601(part.last_modified)),
               _checksum_el(upload.checksum_algorithm, part.checksum_value)]
-    return xml_response("CopyPartResult", result)
+    return xml_response("CopyPartResult", result, headers=response_headers(upload.encryption))
 
 
 def _completed_parts(body: bytes) -> list[CompletedPart]:
@@ -137,6 +148,7 @@ def _completed_parts(body: bytes) -> list[CompletedPart]:
 
 
 async def complete_multipart_upload(req: S3Request) -> Response:
+    customer = customer_key_from_headers(req.headers)
     parts = _completed_parts(await req.small_body())
     expected = None
     for algorithm in ALGORITHMS:
@@ -145,14 +157,16 @@ async def complete_multipart_upload(req: S3Request) -> Response:
             expected = (algorithm, value)
     record = await req.gateway.multipart.complete(
         req.principal, req.bucket, req.key, req.query["uploadId"], parts,
-        conditions=write_conditions(req.headers), expected_checksum=expected)
+        conditions=write_conditions(req.headers), expected_checksum=expected,
+        customer=customer)
     result = [el("Location", f"/{req.bucket}/{req.key}"), el("Bucket", req.bucket),
               el("Key", req.key), el("ETag", record.quoted_etag)]
     if record.checksum_algorithm and record.checksum_value:
         result.append(_checksum_el(record.checksum_algorithm, record.checksum_value))
         result.append(el("ChecksumType", checksum_type(record.checksum_value)))
     return xml_response("CompleteMultipartUploadResult", result,
-                        headers=version_header(record))
+                        headers={**version_header(record),
+                                 **response_headers(record.encryption)})
 
 
 async def abort_multipart_upload(req: S3Request) -> Response:

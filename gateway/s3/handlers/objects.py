@@ -25,6 +25,12 @@ from gateway.metadata.models import NULL_VERSION
 from gateway.s3.handlers.common import http_date, xml_response
 from gateway.s3.request import S3Request
 from gateway.s3.xml import children, el, iso8601, local, parse
+from gateway.service.encryption import (
+    H_SSE,
+    customer_key_from_headers,
+    response_headers,
+    write_encryption_from_headers,
+)
 from gateway.service.objects import ObjectRead
 from gateway.service.tagging import parse_tagging_header, tagging_directive
 from gateway.types import ObjectRecord
@@ -67,6 +73,7 @@ def _write_headers(record: ObjectRecord) -> dict[str, str]:
     headers = {"ETag": record.quoted_etag}
     headers.update(_checksum_headers(record))
     headers.update(version_header(record))
+    headers.update(response_headers(record.encryption))
     return headers
 
 
@@ -74,9 +81,11 @@ async def put_object(req: S3Request) -> Response:
     attrs = dataclasses.replace(object_attributes(req.headers),
                                 tags=parse_tagging_header(req.headers.get("x-amz-tagging")))
     conditions = write_conditions(req.headers)
+    encryption = write_encryption_from_headers(req.headers)
     body, size = req.body()
     record = await req.gateway.objects.put(req.principal, req.bucket, req.key, body, attrs,
-                                           conditions=conditions, size_hint=size)
+                                           conditions=conditions, size_hint=size,
+                                           encryption=encryption)
     return Response(status_code=200, headers=_write_headers(record))
 
 
@@ -87,13 +96,13 @@ def _read_headers(req: S3Request, read: ObjectRead) -> dict[str, str]:
         "Last-Modified": http_date(rec.last_modified),
         "Accept-Ranges": "bytes",
     }
-    if rec.version_id != NULL_VERSION or "versionId" in req.query:
-        headers["x-amz-version-id"] = rec.version_id
+    headers.update(version_header(rec))
     headers.update(object_headers(rec, "binary/octet-stream"))
     if rec.storage_class != "STANDARD":
         headers["x-amz-storage-class"] = rec.storage_class
     if rec.tags:
         headers["x-amz-tagging-count"] = str(len(rec.tags))
+    headers.update(response_headers(rec.encryption))
     if rec.parts_count and "partNumber" in req.query:
         headers["x-amz-mp-parts-count"] = str(rec.parts_count)
     if (read.byte_range is None and req.headers.get("x-amz-checksum-mode", "").upper()
@@ -133,6 +142,11 @@ async def _open(req: S3Request, *, head: bool) -> ObjectRead:
     if part_number is not None and not 1 <= part_number <= 10_000:
         raise errors.InvalidArgument("Part number must be an integer between 1 and 10000, "
                                      "inclusive", name="partNumber", value=str(part_number))
+    if H_SSE in req.headers:  # a read names no encryption: the object's is known (as S3)
+        raise errors.InvalidArgument(
+            "x-amz-server-side-encryption header is not supported for this operation.",
+            name=H_SSE, value=req.headers[H_SSE])
+    customer = customer_key_from_headers(req.headers)
     return await req.gateway.objects.open(
         req.principal, req.bucket, req.key,
         version_id=req.query.get("versionId"),
@@ -140,6 +154,7 @@ async def _open(req: S3Request, *, head: bool) -> ObjectRead:
         conditions=read_conditions(req.headers),
         head=head,
         part_number=part_number,
+        customer=customer,
     )
 
 
@@ -223,6 +238,8 @@ async def copy_object(req: S3Request) -> Response:
     if replace_tags:
         attrs = dataclasses.replace(
             attrs, tags=parse_tagging_header(req.headers.get("x-amz-tagging")))
+    encryption = write_encryption_from_headers(req.headers)
+    source_customer = customer_key_from_headers(req.headers, copy_source=True)
     async for chunk in req.request.stream():
         if chunk:
             raise errors.UnexpectedContent()  # a copy carries no body
@@ -231,11 +248,13 @@ async def copy_object(req: S3Request) -> Response:
         replace_metadata=replace, attrs=attrs, replace_tags=replace_tags,
         source_conditions=read_conditions(req.headers, prefix="x-amz-copy-source-"),
         conditions=write_conditions(req.headers),
+        source_customer=source_customer, encryption=encryption,
     )
     result = [el("ETag", record.quoted_etag), el("LastModified", iso8601(record.last_modified))]
     if record.checksum_algorithm and record.checksum_value:
         result.append(el(f"Checksum{record.checksum_algorithm}", record.checksum_value))
     headers = version_header(record)
+    headers.update(response_headers(record.encryption))
     if src_version is not None:
         headers["x-amz-copy-source-version-id"] = src_version
     return xml_response("CopyObjectResult", result, headers=headers)

@@ -18,6 +18,7 @@ from gateway.s3.handlers.tagging import parse_tag_pairs
 from gateway.s3.request import S3Request
 from gateway.s3.xml import el
 from gateway.service import changes
+from gateway.service.encryption import response_headers, write_encryption_from_headers
 from gateway.service.tagging import validate_tags
 from gateway.types import Principal
 
@@ -79,15 +80,18 @@ async def post_object(req: S3Request) -> Response:
     if tagging is not None:  # a Tagging XML document, as S3 takes it in a form
         attrs = dataclasses.replace(
             attrs, tags=validate_tags(parse_tag_pairs(tagging.encode()), "object") or None)
+    # ``x-amz-server-side-encryption`` and the SSE-C fields, as the headers of a PUT.
+    encryption = write_encryption_from_headers(fields)
     body = DigestingStream(_limited(reader.file(), verified.content_length_range))
     # The file is smaller than the whole form: the quota holds the form's length.
     record = await req.gateway.objects.put(principal, req.bucket, verified.key, body, attrs,
                                            size_bound=_request_length(req),
-                                           event=changes.EVENT_POST)
+                                           event=changes.EVENT_POST, encryption=encryption)
 
     host = req.headers.get("host", "")
     location = f"{req.request.url.scheme}://{host}/{req.bucket}/{quote(verified.key)}"
-    headers = {"ETag": record.quoted_etag, "Location": location}
+    headers = {"ETag": record.quoted_etag, "Location": location,
+               **response_headers(record.encryption)}
     lowered = {name.lower(): value for name, value in verified.fields.items()}
     redirect = lowered.get("success_action_redirect") or lowered.get("redirect")
     if redirect and urlsplit(redirect).scheme in ("http", "https"):
