@@ -419,7 +419,7 @@ class VersionedBucket(RuleBasedStateMachine):
 def test_versioning_state_machine(s3: Any, tmp_path: Path) -> None:
     VersionedBucket.s3 = s3
     run = VersionedBucket.TestCase
-    run.settings = settings(max_examples=20, stateful_step_count=25, deadline=None,
+    run.settings = settings(max_examples=12, stateful_step_count=25, deadline=None,
                             suppress_health_check=list(HealthCheck))
     run().runTest()
 
