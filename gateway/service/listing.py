@@ -82,17 +82,10 @@ def _list(conn: Connection, bucket_id: int, prefix: str, delimiter: str, after: 
     if max_keys <= 0:
         return result
     upper = successor(prefix) if prefix else None
-    cursor, inclusive = after, False
-    if cursor is not None and delimiter:
-        # A marker inside a common prefix already returned: resume after the whole prefix.
-        cp = _common_prefix(cursor, prefix, delimiter)
-        if cp is not None and cursor >= cp:
-            nxt = successor(cp)
-            if nxt is None:
-                return result
-            cursor, inclusive = nxt, True
-    if cursor is not None and prefix and cursor < prefix:
-        cursor, inclusive = None, False
+    start = _resume(after, prefix, delimiter)
+    if start is None:
+        return result
+    cursor, inclusive = start
     # Without a delimiter every row is an entry: one extra row tells whether more exist.
     batch = _BATCH if delimiter else max_keys + 1
     count = 0
@@ -125,6 +118,20 @@ def _list(conn: Connection, bucket_id: int, prefix: str, delimiter: str, after: 
             cursor, inclusive = nxt, True
         else:
             cursor, inclusive = rows[-1].key, False
+
+
+def _resume(after: str | None, prefix: str, delimiter: str) -> tuple[str | None, bool] | None:
+    """Where a page that continues after ``after`` starts: (key, inclusive), with no key
+    meaning the beginning of ``prefix``; None when nothing can follow."""
+    if after is not None and delimiter:
+        # A marker inside a common prefix already returned: resume after the whole prefix.
+        cp = _common_prefix(after, prefix, delimiter)
+        if cp is not None and after >= cp:
+            nxt = successor(cp)
+            return None if nxt is None else (nxt, True)
+    if after is not None and prefix and after < prefix:
+        return None, False
+    return after, False
 
 
 def _common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
@@ -169,19 +176,15 @@ def _list_versions(conn: Connection, bucket_id: int, prefix: str, delimiter: str
     if max_keys <= 0:
         return result
     upper = successor(prefix) if prefix else None
-    cursor, inclusive, below_id = key_marker or None, False, None
-    if cursor is not None and version_id_marker:
+    start = _resume(key_marker or None, prefix, delimiter)
+    if start is None:
+        return result
+    cursor, inclusive = start
+    below_id = None
+    if cursor is not None and cursor == key_marker and not inclusive and version_id_marker:
+        # Resume inside the marker's key: its versions older than the marked one first.
         found = repo.object_version(conn, bucket_id, cursor, version_id_marker)
         below_id = found.id if found is not None else None
-    if cursor is not None and delimiter:
-        cp = _common_prefix(cursor, prefix, delimiter)
-        if cp is not None and cursor >= cp:
-            nxt = successor(cp)
-            if nxt is None:
-                return result
-            cursor, inclusive, below_id = nxt, True, None
-    if cursor is not None and prefix and cursor < prefix:
-        cursor, inclusive, below_id = None, False, None
     count = 0
     last_cp: str | None = None
     while True:
