@@ -67,14 +67,15 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# The load generator is wrk (Debian's package): installed when missing and root.
+# The load generators are wrk and hey (for HEAD), Debian's packages, and the large transfers
+# use curl: installed when missing and root. BENCH_ARGS: e.g. --quick, --readme.
 bench: $(TEST_STAMP)
-	@command -v wrk >/dev/null 2>&1 || { \
+	@for tool in wrk hey curl; do command -v $$tool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
-	      >/dev/null; \
-	  else echo "make bench needs wrk: apt-get install wrk"; exit 1; fi; }
-	$(BIN)/python -m benchmarks
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$tool \
+	      >/dev/null || exit 1; \
+	  else echo "make bench needs $$tool: apt-get install $$tool"; exit 1; fi; }; done
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,7 +1,9 @@
-"""Start a gateway for a measurement, sign requests cheaply, watch the server's memory."""
+"""Start the servers a measurement compares, watch their memory and CPU."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ import boto3
 import psutil
 from botocore.config import Config
 
-from tests._server import GatewayProcess
+from tests._server import GatewayProcess, free_port, wait_until_ready
 
 
 @contextmanager
@@ -24,6 +26,54 @@ def running_gateway(**env: str) -> Iterator[GatewayProcess]:
             yield server
         finally:
             server.stop()
+
+
+class BareProcess:
+    """:mod:`benchmarks.bare_app` on uvicorn with the gateway's settings (uvloop and
+    httptools where installed, no access log, no server header, a date header)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> BareProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning", "--no-access-log",
+             "--no-server-header"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until_ready(self.proc, self.url + "/ready", lambda status: status == 200,
+                         "bare app", lambda: "", self.stop, 30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+
+@contextmanager
+def running_bare() -> Iterator[BareProcess]:
+    server = BareProcess().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (uvicorn workers) so far."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 def client(server: GatewayProcess) -> object:

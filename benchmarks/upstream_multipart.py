@@ -11,17 +11,29 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import boto3
 
 from benchmarks._harness import PeakRSS
-from benchmarks.multipart_upload import aws, make_file
+from benchmarks.large_objects import make_file
 from tests._server import GatewayProcess
 
 MiB = 1024 * 1024
 UPSTREAM_BUCKET = "gateway-blobs"
+
+
+def aws(server_url: str, env: dict[str, str], *args: str) -> float:
+    """Seconds an aws-cli command took (the venv's aws-cli, default settings)."""
+    aws_bin = str(Path(sys.executable).with_name("aws"))
+    t0 = time.perf_counter()
+    quiet = ["--only-show-errors"] if args[:2] == ("s3", "cp") else []
+    subprocess.run([aws_bin, "--endpoint-url", server_url, *args, *quiet], env=env,
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
 
 
 def run(sizes_mib: list[int]) -> list[dict[str, float]]:

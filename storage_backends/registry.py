@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 from storage_backends.localfs import LocalFSBackend
 from storage_backends.memory import MemoryBackend
+from storage_backends.null import NullBackend
 from storage_backends.protocol import Backend
 
 if TYPE_CHECKING:  # the s3 backend's imports (botocore, httpx) load only when it is used
@@ -21,7 +22,8 @@ def open_backend(url: str, *, data_dir: Path, s3: S3Options | None = None) -> Ba
 
     ``fs``, ``file`` or nothing: the local filesystem under ``data_dir / "objects"`` (the
     default). ``fs:///abs/path`` or ``file:///abs/path``: the local filesystem with its root
-    elsewhere (a migration target). ``memory``: a dict, for tests. ``s3://bucket[/prefix]``:
+    elsewhere (a migration target). ``memory``: a dict, for tests. ``null``: keeps no bytes
+    (reads yield zeros), to measure the gateway's own cost (``make bench``). ``s3://bucket[/prefix]``:
     an upstream S3 bucket, reached with ``s3``.
     """
     value = url.strip()
@@ -36,11 +38,13 @@ def open_backend(url: str, *, data_dir: Path, s3: S3Options | None = None) -> Ba
         return LocalFSBackend(Path(unquote(parts.path)))
     if scheme == "memory":
         return MemoryBackend()
+    if scheme == "null":
+        return NullBackend()
     if scheme.startswith("s3://"):
         from storage_backends.s3 import S3Backend, S3Options
 
         return S3Backend.from_url(value, s3 or S3Options())
     raise ValueError(
-        f"unknown storage backend {url!r}: use 'fs' (the default), 'fs:///path', 'memory' "
-        "or 's3://bucket/prefix'"
+        f"unknown storage backend {url!r}: use 'fs' (the default), 'fs:///path', 'memory', "
+        "'null' or 's3://bucket/prefix'"
     )
