@@ -76,6 +76,23 @@ class BucketRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ListedObject:
+    """What a listing shows of an object: a page holds up to 1,000, so only these columns
+    are read (no JSON to decode)."""
+
+    key: str
+    size: int
+    etag: str  # hex, without quotes
+    last_modified: datetime
+    storage_class: str
+    checksum_algorithm: str | None
+
+    @property
+    def quoted_etag(self) -> str:
+        return f'"{self.etag}"'
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectRecord:
     id: int
     bucket_id: int

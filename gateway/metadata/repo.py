@@ -42,6 +42,7 @@ from gateway.metadata.models import (
 )
 from gateway.types import (
     BucketRecord,
+    ListedObject,
     ObjectPart,
     ObjectRecord,
     PartRecord,
@@ -338,11 +339,8 @@ def delete_object_row(conn: Connection, object_id: int, expected_blob_key: str |
     return result.rowcount == 1
 
 
-def list_latest(
-    conn: Connection, bucket_id: int, *, after: str | None, after_inclusive: bool,
-    prefix: str, upper: str | None, limit: int,
-) -> Sequence[ObjectRecord]:
-    """Latest, non-deleted object rows in key (byte) order, bounded below and above."""
+def _latest_range(bucket_id: int, after: str | None, after_inclusive: bool, prefix: str,
+                  upper: str | None) -> list[Any]:
     cond = [objects.c.bucket_id == bucket_id, objects.c.is_latest.is_(True),
             objects.c.is_delete_marker.is_(False)]
     if after is not None:
@@ -351,8 +349,33 @@ def list_latest(
         cond.append(objects.c.key >= prefix)
     if upper is not None:
         cond.append(objects.c.key < upper)
-    stmt = select(*_OBJECT_COLUMNS).where(*cond).order_by(objects.c.key).limit(limit)
+    return cond
+
+
+def list_latest(
+    conn: Connection, bucket_id: int, *, after: str | None, after_inclusive: bool,
+    prefix: str, upper: str | None, limit: int,
+) -> Sequence[ObjectRecord]:
+    """Latest, non-deleted object rows in key (byte) order, bounded below and above."""
+    stmt = (select(*_OBJECT_COLUMNS)
+            .where(*_latest_range(bucket_id, after, after_inclusive, prefix, upper))
+            .order_by(objects.c.key).limit(limit))
     return [_object(r) for r in (conn.execute(stmt)).all()]
+
+
+_LISTED_COLUMNS = (objects.c.key, objects.c.size, objects.c.etag, objects.c.last_modified,
+                   objects.c.storage_class, objects.c.checksum_algorithm)
+
+
+def list_latest_entries(
+    conn: Connection, bucket_id: int, *, after: str | None, after_inclusive: bool,
+    prefix: str, upper: str | None, limit: int,
+) -> Sequence[ListedObject]:
+    """As :func:`list_latest`, with only what a listing shows (ListObjects' hot path)."""
+    stmt = (select(*_LISTED_COLUMNS)
+            .where(*_latest_range(bucket_id, after, after_inclusive, prefix, upper))
+            .order_by(objects.c.key).limit(limit))
+    return [ListedObject(*r) for r in conn.execute(stmt)]
 
 
 def list_versions(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from xml.etree.ElementTree import Element
@@ -17,10 +18,12 @@ MAX_XML_BODY = 2 * 1024 * 1024
 
 _ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;",
                           "\r": "&#13;"})
+_SPECIAL = re.compile("[&<>\"'\r]")
 
 
 def escape(text: str) -> str:
-    return text.translate(_ESCAPES)
+    # Most text needs nothing; the search is several times cheaper than the translation.
+    return text.translate(_ESCAPES) if _SPECIAL.search(text) else text
 
 
 def el(name: str, value: str | int | bool | None) -> str:
@@ -34,8 +37,8 @@ def el(name: str, value: str | int | bool | None) -> str:
 
 
 def iso8601(value: datetime) -> str:
-    """S3's timestamp format: millisecond precision, Z suffix."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    """S3's timestamp format: millisecond precision, Z suffix (``value`` is UTC)."""
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def document(root: str, children: Iterable[str], *, namespace: bool = True) -> bytes:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Connection
 
 from gateway.metadata import repo
-from gateway.types import BucketRecord, ObjectRecord
+from gateway.types import BucketRecord, ListedObject, ObjectRecord
 
 if TYPE_CHECKING:
     from gateway.service.context import Context
@@ -42,7 +42,7 @@ def decode_continuation(token: str) -> str:
 
 @dataclass(slots=True)
 class Listing:
-    objects: list[ObjectRecord] = field(default_factory=list)
+    objects: list[ListedObject] = field(default_factory=list)
     common_prefixes: list[str] = field(default_factory=list)
     is_truncated: bool = False
     #: The last key or common prefix returned: where the next page starts (exclusive).
@@ -90,7 +90,7 @@ def _list(conn: Connection, bucket_id: int, prefix: str, delimiter: str, after: 
     batch = _BATCH if delimiter else max_keys + 1
     count = 0
     while True:
-        rows = repo.list_latest(conn, bucket_id, after=cursor, after_inclusive=inclusive,
+        rows = repo.list_latest_entries(conn, bucket_id, after=cursor, after_inclusive=inclusive,
                                 prefix=prefix, upper=upper, limit=batch)
         last_cp: str | None = None
         for row in rows:

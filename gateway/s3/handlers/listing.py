@@ -10,7 +10,7 @@ from starlette.responses import Response
 from gateway import errors
 from gateway.s3.handlers.common import owner_xml, xml_response
 from gateway.s3.request import S3Request
-from gateway.s3.xml import el, iso8601
+from gateway.s3.xml import el, escape, iso8601
 from gateway.service.listing import (
     MAX_KEYS,
     Listing,
@@ -20,7 +20,7 @@ from gateway.service.listing import (
     list_versions,
 )
 from gateway.service.versions import check_version_id
-from gateway.types import ObjectRecord
+from gateway.types import ListedObject
 
 
 def _max_keys(req: S3Request) -> int:
@@ -49,16 +49,14 @@ def _encoder(req: S3Request) -> tuple[str | None, Callable[[str], str]]:
     return "url", lambda s: quote_plus(s, safe="/")
 
 
-def _contents(obj: ObjectRecord, enc: Callable[[str], str], owner: str | None) -> str:
-    parts = [el("Key", enc(obj.key)), el("LastModified", iso8601(obj.last_modified)),
-             el("ETag", obj.quoted_etag), el("Size", obj.size)]
-    if owner:
-        parts.append(owner)
-    parts.append(el("StorageClass", obj.storage_class))
-    if obj.checksum_algorithm:
-        parts.append(el("ChecksumAlgorithm", obj.checksum_algorithm))
-        parts.append(el("ChecksumType", "FULL_OBJECT"))
-    return "<Contents>" + "".join(parts) + "</Contents>"
+def _contents(obj: ListedObject, enc: Callable[[str], str], owner: str | None) -> str:
+    # One f-string per entry: a page renders up to 1,000 of them.
+    checksum = (f"<ChecksumAlgorithm>{escape(obj.checksum_algorithm)}</ChecksumAlgorithm>"
+                "<ChecksumType>FULL_OBJECT</ChecksumType>" if obj.checksum_algorithm else "")
+    return (f"<Contents><Key>{escape(enc(obj.key))}</Key>"
+            f"<LastModified>{iso8601(obj.last_modified)}</LastModified>"
+            f"<ETag>&quot;{obj.etag}&quot;</ETag><Size>{obj.size}</Size>{owner or ''}"
+            f"<StorageClass>{escape(obj.storage_class)}</StorageClass>{checksum}</Contents>")
 
 
 def _body(listing: Listing, enc: Callable[[str], str], owner: str | None) -> list[str]:
