@@ -181,6 +181,9 @@ class BytesReader(BaseReader):
 # -- file descriptor helpers (blocking: call them off the event loop) ---------------------
 # Python opens every descriptor non-inheritable (PEP 446), so no O_CLOEXEC is needed.
 
+#: preadv2's "fail rather than wait for the disk" flag (Linux 4.14+), where available.
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
 _NO_COPY_FILE_RANGE = frozenset(
     {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 )
@@ -376,6 +379,26 @@ class FileReader(BaseReader):
                 self._source.close_piece(fd)
         self._preloaded = b"".join(parts)
         self._release()
+
+    def preload_cached(self) -> bool:
+        """Non-blocking: read the range of a whole (unsegmented) blob if the page cache holds
+        all of it (``RWF_NOWAIT``), and let go of the file; False (nothing changed) if it
+        would have to wait for the disk, or the platform cannot tell."""
+        source = self._source
+        assert source is not None
+        length = self._end - self._start
+        if source.segmented or _RWF_NOWAIT is None:
+            return False
+        buffer = bytearray(length)
+        try:
+            got = os.preadv(source.fd, [buffer], self._start, _RWF_NOWAIT) if length else 0
+        except (BlockingIOError, OSError):
+            return False
+        if got != length:
+            return False
+        self._preloaded = bytes(buffer)
+        self._release()
+        return True
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         if self._preloaded is not None:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio import to_thread
 
 from storage_backends._keys import check_part_list, check_part_number, validate_blob_key
@@ -99,6 +100,11 @@ from storage_backends.protocol import (
 T = TypeVar("T")
 
 
+#: Reads up to this size are tried on the event loop, from the page cache (see
+#: ``LocalFSBackend._cached_reader``).
+CACHED_READ_MAX = 256 * 1024
+
+
 class LocalFSBackend:
     name = "localfs"
     capabilities = Capabilities(server_side_copy=True, native_multipart=True)
@@ -142,6 +148,10 @@ class LocalFSBackend:
     async def get(self, key: str, *, byte_range: ByteRange | None = None) -> BlobReader:
         validate_blob_key(key)
         with os_errors(key):
+            reader = self._cached_reader(key, byte_range)
+            if reader is not None:
+                await anyio.lowlevel.checkpoint()  # still a point where other tasks run
+                return reader
             return await to_thread.run_sync(self._open_reader, key, byte_range)
 
     async def head(self, key: str) -> BlobInfo:
@@ -538,6 +548,34 @@ class LocalFSBackend:
             source.close()
             raise
         return reader
+
+    def _cached_reader(self, key: str, byte_range: ByteRange | None) -> BlobReader | None:
+        """On the event loop, a small read served from the page cache (a thread hop costs
+        more than the read); None: take the blocking path in a thread. The path lookups
+        are metadata the kernel caches; the data read never waits for the disk."""
+        try:
+            self._check_parents(key)
+            fd = os.open(self._path(key), READ_FLAGS)
+        except OSError:
+            return None  # missing, segmented (a directory), or anything else: the slow path
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                return None
+            source = FilePieces(st.st_size, st.st_mtime, fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            reader = FileReader(source, byte_range, lambda: os_errors(key))
+            if reader.content_length <= CACHED_READ_MAX and reader.preload_cached():
+                return reader
+        except BaseException:
+            source.close()
+            raise
+        source.close()
+        return None
 
     def _open_source(self, key: str) -> FilePieces:
         with os_errors(key):
