@@ -40,11 +40,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis.asyncio as aredis
-import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from gateway.settings import Settings
 from gateway.types import Principal
 
@@ -295,6 +290,14 @@ class RedisLimiter:
     def __init__(self, url: str, *, prefix: str | None = None, window: int = WINDOW_SECONDS,
                  clock: Clock = time.time, timeout: float = 0.5, retry_interval: float = 2.0,
                  max_connections: int = 64) -> None:
+        # Imported here: most deployments have no Redis, and the client costs ~15 MB.
+        import redis.asyncio as aredis
+        import redis.exceptions
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.RedisError, OSError, TimeoutError)
         address, url_prefix = split_redis_url(url)
         self.prefix = url_prefix if prefix is None else prefix
         self.window = window
@@ -325,7 +328,7 @@ class RedisLimiter:
         try:
             count = int(await self._script(keys=[f"{self.prefix}{key}:{start}"],
                                            args=[math.ceil(reset - now) + 60]))
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             if not self._down:
                 log.warning("rate limiter: Redis unreachable (%s: %s); allowing requests "
                             "uncounted until it is back", type(exc).__name__, exc)
