@@ -101,7 +101,7 @@ def table(r: dict[str, Any]) -> str:
                 f"{ratio:.2f}", "", "", "", "≈ 1 (≥ 0.8)", _verdict(ratio, 0.8))
     big = r["large"]
     gw, bare = big["gateway"], big["bare"]
-    size = "1 GiB"
+    size = _size_label(big["size"])
     row(f"{size} PUT: MB/s", f"{gw['put_mb_s']:,.0f}", "", f"{bare['put_mb_s']:,.0f}",
         f"{gw['put_mb_s'] / bare['put_mb_s']:.2f}", "≥ 300 MB/s", _verdict(gw["put_mb_s"], 300))
     row(f"{size} GET: MB/s", f"{gw['get_mb_s']:,.0f}", "", f"{bare['get_mb_s']:,.0f}",
@@ -114,18 +114,22 @@ def table(r: dict[str, Any]) -> str:
     if "multipart_big" in big:
         mpb = big["multipart_big"]
         grown = mpb["complete_s"] / mp["complete_s"]
-        row(f"CompleteMultipartUpload {mpb['size'] / 2**30:.0f} GiB: ms",
+        row(f"CompleteMultipartUpload {_size_label(mpb['size'])}: ms",
             f"{mpb['complete_s'] * 1000:.0f} ({grown:.1f}x the {size})", "", "", "",
             "independent of size (≤ 2x)", _verdict(grown, 2.0, higher=False))
-    peaks = [("PUT", gw["put_peak_rss_mb"]), ("GET", gw["get_peak_rss_mb"]),
-             ("multipart", mp["peak_rss_mb"])]
+    peaks = [(f"{size} PUT", gw["put_peak_rss_mb"]), (f"{size} GET", gw["get_peak_rss_mb"]),
+             (f"{size} multipart", mp["peak_rss_mb"])]
     if "multipart_big" in big:
-        peaks.append(("5 GiB multipart", big["multipart_big"]["peak_rss_mb"]))
+        peaks.append((f"{_size_label(big['multipart_big']['size'])} multipart",
+                      big["multipart_big"]["peak_rss_mb"]))
     for what, peak in peaks:
-        row(f"peak server RSS, {size if what != '5 GiB multipart' else ''} {what}: MB".replace(
-            "  ", " "), f"{peak:.0f} (idle {gw['idle_rss_mb']:.0f})", "", "", "",
-            "< 150 MB", _verdict(peak, 150, higher=False))
+        row(f"peak server RSS, {what}: MB", f"{peak:.0f} (idle {gw['idle_rss_mb']:.0f})",
+            "", "", "", "< 150 MB", _verdict(peak, 150, higher=False))
     return "\n".join(lines)
+
+
+def _size_label(nbytes: int) -> str:
+    return f"{nbytes / 2**30:g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:g} MiB"
 
 
 def update_readme(text: str) -> None:

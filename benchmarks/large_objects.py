@@ -87,7 +87,7 @@ def multipart(s3: Any, pid: int, key: str, part_file: Path, parts: int,
 
 def run(size: int = GiB, big_multipart: int = 5 * GiB,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"size": size}
     with tempfile.TemporaryDirectory(prefix="gw-bench-large-") as tmp:
         whole, part = Path(tmp) / "whole", Path(tmp) / "part"
         make_file(whole, size)
