@@ -38,7 +38,8 @@ def el(name: str, value: str | int | bool | None) -> str:
 
 def iso8601(value: datetime) -> str:
     """S3's timestamp format: millisecond precision, Z suffix (``value`` is UTC)."""
-    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    text = value.isoformat(timespec="milliseconds")
+    return (text[:-6] if value.tzinfo is not None else text) + "Z"
 
 
 def document(root: str, children: Iterable[str], *, namespace: bool = True) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from urllib.parse import quote_plus
 
@@ -21,6 +22,9 @@ from gateway.service.listing import (
 )
 from gateway.service.versions import check_version_id
 from gateway.types import ListedObject
+
+#: What quote_plus(…, safe="/") leaves unchanged.
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")
 
 
 def _max_keys(req: S3Request) -> int:
@@ -45,8 +49,9 @@ def _encoder(req: S3Request) -> tuple[str | None, Callable[[str], str]]:
     if encoding.lower() != "url":
         raise errors.InvalidArgument("Invalid Encoding Method specified in Request",
                                      name="encoding-type", value=encoding)
-    # botocore decodes these with unquote_plus: '+' for spaces, '/' left alone.
-    return "url", lambda s: quote_plus(s, safe="/")
+    # botocore decodes these with unquote_plus: '+' for spaces, '/' left alone. Most keys
+    # need no quoting at all (boto3 asks for this encoding on every listing).
+    return "url", lambda s: s if _URL_SAFE.fullmatch(s) else quote_plus(s, safe="/")
 
 
 def _contents(obj: ListedObject, enc: Callable[[str], str], owner: str | None) -> str:
