@@ -5,27 +5,67 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
+import shutil
+import subprocess
+import time
 from collections.abc import AsyncIterator
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from gateway.cli import main
 from gateway.metadata.db import Database
 from gateway.service.context import Context
 from gateway.service.tokens import TokenService
 from gateway.settings import Settings
 from storage_backends.memory import MemoryBackend
-from tests._server import run_cli as gw
+from tests._server import database_for, run_cli
+
+
+def run_main(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``gateway <args> --data-dir <data>`` by the CLI's own ``main`` in this process: the
+    same parsing, exit codes and output as the spawned command (``run_cli``, used once below
+    per command), without an interpreter start-up each time."""
+    argv = [*args, "--data-dir", str(data)]
+    if database_for(data):
+        argv += ["--database-url", database_for(data)]
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+async def gw(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``run_main`` from an async test (the CLI runs its own event loop)."""
+    return await asyncio.to_thread(run_main, data, *args)
+
+
+def with_users(data: Path) -> Path:
+    assert run_main(data, "user", "add", "alice").returncode == 0
+    assert run_main(data, "user", "add", "root", "--role", "admin").returncode == 0
+    return data
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with the users, made once (creating the schema is the slow part)."""
+    return with_users(tmp_path_factory.mktemp("tokens") / "data")
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    data = tmp_path / "data"
-    assert gw(data, "user", "add", "alice").returncode == 0
-    assert gw(data, "user", "add", "root", "--role", "admin").returncode == 0
-    return data
+def data(template: Path, tmp_path: Path) -> Path:
+    """A private copy of ``template`` (on PostgreSQL, whose database is not in the data dir:
+    made afresh)."""
+    if database_for(template):
+        return with_users(tmp_path / "data")
+    return Path(shutil.copytree(template, tmp_path / "data"))
 
 
 @pytest.fixture
@@ -41,15 +81,19 @@ def stored_anywhere(data: Path, token: str) -> bool:
     return any(token.encode() in path.read_bytes() for path in data.glob("gateway.db*"))
 
 
-def create(data: Path, *args: str) -> dict[str, str]:
-    result = gw(data, "token", "create", "--json", *args)
+async def create(data: Path, *args: str) -> dict[str, str]:
+    result = await gw(data, "token", "create", "--json", *args)
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
 
 
 async def test_token_lifecycle(data: Path, tokens: TokenService) -> None:
-    made = create(data, "--user", "alice", "--name", "kb-sync", "--permission",
-                  "storage:read", "--permission", "storage:write")
+    # The one spawned ``gateway token`` command, as an operator runs it.
+    spawned = run_cli(data, "token", "create", "--json", "--user", "alice", "--name",
+                      "kb-sync", "--permission", "storage:read", "--permission",
+                      "storage:write")
+    assert spawned.returncode == 0, spawned.stderr
+    made = json.loads(spawned.stdout)
     token = made["token"]
     header = base64.b64encode(token.encode()).decode()  # as the API reference says
     found = await tokens.authenticate(header)
@@ -61,41 +105,46 @@ async def test_token_lifecycle(data: Path, tokens: TokenService) -> None:
     assert await tokens.authenticate(header[:-4] + "AAA=") is None
     assert await tokens.authenticate("garbage") is None
 
-    listed = json.loads(gw(data, "token", "list", "--json").stdout)
+    listed = json.loads((await gw(data, "token", "list", "--json")).stdout)
     assert [t["name"] for t in listed] == ["kb-sync"]
     assert listed[0]["prefix"] == token[:12] and "token" not in listed[0]
     # Only a hash is stored: the token appears nowhere in the database files.
     assert not stored_anywhere(data, token)
 
-    assert gw(data, "token", "revoke", made["id"]).returncode == 0
+    assert (await gw(data, "token", "revoke", made["id"])).returncode == 0
     assert await tokens.authenticate(header) is None
-    assert gw(data, "token", "revoke", made["id"]).returncode == 1
+    assert (await gw(data, "token", "revoke", made["id"])).returncode == 1
 
 
 async def test_expiry_permissions_and_disabled_users(data: Path,
                                                      tokens: TokenService) -> None:
-    short = create(data, "--user", "alice", "--name", "short", "--permission",
-                   "storage:read", "--expires-in", "1s")
+    short = await create(data, "--user", "alice", "--name", "short", "--permission",
+                         "storage:read", "--expires-in", "1s")
+    made_by = time.monotonic()  # it expires at most 1 s after this
     assert await tokens.authenticate(short["token"]) is not None
-    await asyncio.sleep(1.5)
-    assert await tokens.authenticate(short["token"]) is None
 
-    refused = gw(data, "token", "create", "--user", "alice", "--name", "x",
-                 "--permission", "admin")
+    refused = await gw(data, "token", "create", "--user", "alice", "--name", "x",
+                       "--permission", "admin")
     assert refused.returncode == 1 and "admin" in refused.stderr
-    assert gw(data, "token", "create", "--user", "alice", "--name", "x").returncode == 2
-    past = gw(data, "token", "create", "--user", "alice", "--name", "x", "--permission",
-              "bots:read", "--expires-at", "2020-01-01T00:00:00")
+    usage = await gw(data, "token", "create", "--user", "alice", "--name", "x")
+    assert usage.returncode == 2
+    past = await gw(data, "token", "create", "--user", "alice", "--name", "x", "--permission",
+                    "bots:read", "--expires-at", "2020-01-01T00:00:00")
     assert past.returncode == 1 and "future" in past.stderr
-    admin = create(data, "--user", "root", "--name", "ops", "--permission", "admin")
+    admin = await create(data, "--user", "root", "--name", "ops", "--permission", "admin")
     found = await tokens.authenticate(admin["token"])
     assert found is not None and found[1] == {"admin"}
 
-    kept = create(data, "--user", "alice", "--name", "kept", "--permission", "bots:write")
-    assert gw(data, "user", "disable", "alice").returncode == 0
+    kept = await create(data, "--user", "alice", "--name", "kept", "--permission",
+                        "bots:write")
+    assert (await gw(data, "user", "disable", "alice")).returncode == 0
     assert await tokens.authenticate(kept["token"]) is None
-    assert gw(data, "user", "enable", "alice").returncode == 0
+    assert (await gw(data, "user", "enable", "alice")).returncode == 0
     assert await tokens.authenticate(kept["token"]) is not None
+
+    # 1.5 s after the short-lived token was made (the checks above took part of that).
+    await asyncio.sleep(max(0.0, made_by + 1.5 - time.monotonic()))
+    assert await tokens.authenticate(short["token"]) is None
 
 
 async def test_expiries_utc_cannot_hold_are_refused(data: Path, tokens: TokenService) -> None:
@@ -104,14 +153,14 @@ async def test_expiries_utc_cannot_hold_are_refused(data: Path, tokens: TokenSer
     offset time is stored as the same instant in UTC."""
     args = ("token", "create", "--user", "alice", "--name", "far", "--permission",
             "storage:read")
-    beyond = gw(data, *args, "--expires-at", "9999-12-31T23:59:59-23:59")
+    beyond = await gw(data, *args, "--expires-at", "9999-12-31T23:59:59-23:59")
     assert beyond.returncode == 1 and "UTC can hold" in beyond.stderr
-    forever = gw(data, *args, "--expires-in", "99999999999999d")
+    forever = await gw(data, *args, "--expires-in", "99999999999999d")
     assert forever.returncode == 1 and "UTC can hold" in forever.stderr
     assert "Traceback" not in beyond.stderr + forever.stderr
-    last = create(data, *args[2:], "--expires-at", "9999-12-31T23:59:59+00:00")
+    last = await create(data, *args[2:], "--expires-at", "9999-12-31T23:59:59+00:00")
     assert last["expires_at"] == "9999-12-31T23:59:59+00:00"
-    shifted = create(data, *args[2:], "--expires-at", "2100-01-01T00:00:00-05:00")
+    shifted = await create(data, *args[2:], "--expires-at", "2100-01-01T00:00:00-05:00")
     assert shifted["expires_at"] == "2100-01-01T05:00:00+00:00"
     assert await tokens.authenticate(last["token"]) is not None
 
