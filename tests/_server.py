@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,34 @@ def database_for(data: Path) -> str:
 
         _DATABASES[key] = _postgres.create_database()
     return _DATABASES[key]
+
+
+def run_cli_here(data: Path, *args: str,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """:func:`run_cli` by the CLI's own ``main`` in this process: the same parsing, exit
+    codes and output, with the environment the spawned command would get (``env``, else
+    this process's), without an interpreter start-up (~0.7 s) each time. Tests keep at least
+    one spawned :func:`run_cli` per command family."""
+    from gateway.cli import main
+
+    environ = dict(os.environ if env is None else env)
+    if database_for(data) and "GATEWAY_DATABASE_URL" not in (env or {}):
+        environ["GATEWAY_DATABASE_URL"] = database_for(data)
+    argv = [*args, "--data-dir", str(data)]
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(environ)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def cli_json(data: Path, *args: str) -> dict[str, Any]:

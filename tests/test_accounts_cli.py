@@ -3,12 +3,9 @@ are kept apart, disabling takes effect, and secrets are never stored or logged i
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
-import subprocess
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +14,10 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from gateway.cli import main
 from tests._errors import client_error
-from tests._server import GatewayProcess, database_for
+from tests._server import GatewayProcess
 from tests._server import run_cli as gw
+from tests._server import run_cli_here as run_main
 
 BOB_CANONICAL = "b0b" + "0" * 61
 ALICE_KEY, ALICE_SECRET = "AKALICE0000000000001", "alice-secret-0123456789"
@@ -30,22 +27,6 @@ BOB_KEY, BOB_SECRET = "AKBOB00000000000001", "bob-secret-0123456789"
 def client(server: GatewayProcess, key: str, secret: str) -> Any:
     return boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
                         aws_access_key_id=key, aws_secret_access_key=secret)
-
-
-def run_main(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``gateway <args> --data-dir <data>`` by the CLI's own ``main`` in this process: the
-    same parsing, exit codes and output as the spawned command (``gw``, used once per command
-    family below), without an interpreter start-up each time."""
-    argv = [*args, "--data-dir", str(data)]
-    if database_for(data):
-        argv += ["--database-url", database_for(data)]
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse's usage errors
-            code = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def test_users_and_keys_from_the_cli(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -17,7 +16,6 @@ import stat
 import subprocess
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
-from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,14 +26,13 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, select
 
 from gateway import errors
-from gateway.cli import main
 from gateway.metadata.db import Database
 from gateway.metadata.models import buckets, multipart_uploads, objects, users
 from gateway.service import encryption as enc
 from gateway.settings import Settings
 from storage_backends import Backend, ByteRange, PartRef
 from storage_backends.registry import open_backend
-from tests._server import database_for
+from tests._server import database_for, run_cli_here
 from tests._server import run_cli as gw
 
 FAST = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=150)
@@ -645,23 +642,7 @@ def spawn_cli(data: Path, *args: str, master_key: str | None = None
 
 def _main_in_process(data: Path, args: Sequence[str], master_key: str | None
                      ) -> subprocess.CompletedProcess[str]:
-    argv = ["encryption", *args, "--data-dir", str(data)]
-    if database_for(data):
-        argv += ["--database-url", database_for(data)]
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(cli_env(master_key))
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                code = main(argv)
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+    return run_cli_here(data, "encryption", *args, env=cli_env(master_key))
 
 
 async def cli(data: Path, *args: str, master_key: str | None = None

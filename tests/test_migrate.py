@@ -4,16 +4,13 @@ gateway then serves everything from the target after a settings change."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import random
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,7 @@ from tests._dataset import (
     read_back,
     serving,
 )
-from tests._server import database_for
+from tests._server import run_cli_here
 from tests._upstreams import Upstream, backend_env
 from tests.conftest import UpstreamPool
 
@@ -86,21 +83,10 @@ def report_of(data: Path, *args: str, env: dict[str, str] | None = None,
     """``tests._dataset.cli_report``, run by the CLI's own ``main`` in this process with the
     environment ``cli_report`` gives the command: the same parsing, report and exit code,
     without an interpreter start-up each time. (The interrupted runs are real processes.)"""
-    environ = env_with(env or {})
-    if database_for(data) and "GATEWAY_DATABASE_URL" not in environ:
-        environ["GATEWAY_DATABASE_URL"] = database_for(data)
-    saved = dict(os.environ)
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        os.environ.clear()
-        os.environ.update(environ)
-        with redirect_stdout(out), redirect_stderr(err):
-            code = main([*args, "--data-dir", str(data), "--json"])
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    assert code == expect, (args, code, out.getvalue(), err.getvalue())
-    report: dict[str, Any] = json.loads(out.getvalue())
+    done = run_cli_here(data, *args, "--json", env=env_with(env or {}))
+    code, out, err = done.returncode, done.stdout, done.stderr
+    assert code == expect, (args, code, out, err)
+    report: dict[str, Any] = json.loads(out)
     return report
 
 

@@ -5,41 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
-from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
 from gateway.metadata.db import Database
 from gateway.service.context import Context
 from gateway.service.tokens import TokenService
 from gateway.settings import Settings
 from storage_backends.memory import MemoryBackend
 from tests._server import database_for, run_cli
-
-
-def run_main(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``gateway <args> --data-dir <data>`` by the CLI's own ``main`` in this process: the
-    same parsing, exit codes and output as the spawned command (``run_cli``, used once below
-    per command), without an interpreter start-up each time."""
-    argv = [*args, "--data-dir", str(data)]
-    if database_for(data):
-        argv += ["--database-url", database_for(data)]
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse's usage errors
-            code = exc.code if isinstance(exc.code, int) else 1
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+from tests._server import run_cli_here as run_main
 
 
 async def gw(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
