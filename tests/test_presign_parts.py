@@ -16,8 +16,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import pytest
 
-from tests._server import GatewayProcess
-from tests._server import cli_json as cli
+from tests._server import ROOT_ACCESS_KEY, ROOT_SECRET_KEY, GatewayProcess
 
 API = "/api/v1/storage"
 MiB = 1024 * 1024
@@ -37,25 +36,38 @@ class Env:
                             headers={"Authorization": f"Bearer {token}"})
 
 
-def _token(server: GatewayProcess, user: str, *permissions: str) -> str:
-    made = cli(server.data_dir, "token", "create", "--user", user, "--name",
-               uuid.uuid4().hex[:8], *[f"--permission={p}" for p in permissions])
-    return str(made["token"])
+def _made(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 201, response.text
+    return dict(response.json()["data"])
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """The users, S3 keys and tokens are made through the admin API of the running gateway
+    (a root session): nine ``gateway`` CLI runs cost seconds each, and the CLI commands
+    are tested where they are the subject (tests/test_accounts_cli.py, tests/test_tokens.py)."""
     server = GatewayProcess(tmp_path_factory.mktemp("presign-parts") / "data").start()
     try:
-        for user in ("bob", "eve", "carol"):
-            cli(server.data_dir, "user", "add", user)
-        keys = cli(server.data_dir, "key", "create", "--user", "bob")
-        cli(server.data_dir, "key", "create", "--user", "eve")
-        rw = ("storage:read", "storage:write")
-        yield Env(server, bob=_token(server, "bob", *rw),
-                  bob_read=_token(server, "bob", "storage:read"),
-                  eve=_token(server, "eve", *rw), carol=_token(server, "carol", *rw),
-                  bob_access_key=str(keys["access_key"]))
+        with httpx.Client(base_url=server.url + "/api/v1", timeout=60) as api:
+            login = api.post("/auth/login", json={"access_key": ROOT_ACCESS_KEY,
+                                                  "secret_key": ROOT_SECRET_KEY})
+            assert login.status_code == 200, login.text
+            api.headers["Authorization"] = f"Bearer {login.json()['data']['token']}"
+            for user in ("bob", "eve", "carol"):
+                _made(api.post("/admin/users", json={"name": user}))
+            keys = _made(api.post("/admin/users/bob/keys", json={}))
+            _made(api.post("/admin/users/eve/keys", json={}))
+
+            def token(user: str, *permissions: str) -> str:
+                return str(_made(api.post("/tokens", json={
+                    "name": uuid.uuid4().hex[:8], "user": user,
+                    "permissions": list(permissions)}))["token"])
+
+            rw = ("storage:read", "storage:write")
+            made = Env(server, bob=token("bob", *rw), bob_read=token("bob", "storage:read"),
+                       eve=token("eve", *rw), carol=token("carol", *rw),
+                       bob_access_key=str(keys["access_key"]))
+        yield made
     finally:
         server.stop()
 
