@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
+from gateway.cli import main as gateway_main
 from gateway.service.lifecycle_rules import (
     compile_rules,
     expiration_header,
@@ -36,7 +39,7 @@ from gateway.service.lifecycle_rules import (
     package_temp_rule,
     validate_rules,
 )
-from tests._server import GatewayProcess, cli_json, run_cli
+from tests._server import GatewayProcess, database_for, run_cli
 from tests.conftest import make_client
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -47,15 +50,46 @@ BOB_KEY, BOB_SECRET = "LIFECYCLEBOBKEY00001", "lifecycle-bob-secret-0123456789ab
 # -- helpers -------------------------------------------------------------------------------
 
 
+def in_process(data: Path, *args: str) -> tuple[int, str, str]:
+    """``gateway <args> --data-dir <data>`` run by the command's own entry point in this
+    process (as a separate process would, it opens the running gateway's database): exit
+    code, standard output and standard error. Starting an interpreter for each of the many
+    runs here would cost a second apiece; ``run_cli`` still runs the real command in
+    ``test_cli_refuses_a_bad_clock`` and ``test_expiration_days_counts_to_midnight``."""
+    url = database_for(data)
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = gateway_main([*args, "--data-dir", str(data),
+                             *(("--database-url", url) if url else ())])
+    return code, out.getvalue(), err.getvalue()
+
+
+def gateway_cli(data: Path, *args: str) -> str:
+    """:func:`in_process`, which must succeed: its standard output."""
+    code, out, err = in_process(data, *args)
+    assert code == 0, (args, err)
+    return out
+
+
+def cli_json(data: Path, *args: str) -> dict[str, Any]:
+    """:func:`gateway_cli` with ``--json``: its object."""
+    parsed: dict[str, Any] = json.loads(gateway_cli(data, *args, "--json"))
+    return parsed
+
+
 class Env:
     def __init__(self, server: GatewayProcess) -> None:
         self.server = server
         self.data: Path = server.data_dir
         self.s3 = make_client(server)
 
-    def run(self, now: datetime) -> dict[str, Any]:
-        """``gateway lifecycle run --now <now> --json``: the report."""
-        result = run_cli(self.data, "lifecycle", "run", "--now", now.isoformat(), "--json")
+    def run(self, now: datetime, *, spawn: bool = False) -> dict[str, Any]:
+        """``gateway lifecycle run --now <now> --json``: the report (``spawn``: as its own
+        process, else in this one)."""
+        args = ("lifecycle", "run", "--now", now.isoformat())
+        if not spawn:
+            return cli_json(self.data, *args)
+        result = run_cli(self.data, *args, "--json")
         assert result.returncode == 0, result.stderr
         report: dict[str, Any] = json.loads(result.stdout)
         return report
@@ -355,9 +389,9 @@ def test_put_needs_an_integrity_header(env: Env, bucket: str) -> None:
 
 
 def test_who_may_configure(env: Env, bucket: str) -> None:
-    assert run_cli(env.data, "user", "add", "lcbob").returncode == 0
-    assert run_cli(env.data, "key", "create", "--user", "lcbob", "--access-key", BOB_KEY,
-                   "--secret-key", BOB_SECRET).returncode == 0
+    gateway_cli(env.data, "user", "add", "lcbob")
+    gateway_cli(env.data, "key", "create", "--user", "lcbob", "--access-key", BOB_KEY,
+                "--secret-key", BOB_SECRET)
     bob = boto3.client("s3", endpoint_url=env.server.url, aws_access_key_id=BOB_KEY,
                        aws_secret_access_key=BOB_SECRET, region_name="us-east-1")
     anonymous = boto3.client("s3", endpoint_url=env.server.url, region_name="us-east-1",
@@ -367,12 +401,10 @@ def test_who_may_configure(env: Env, bucket: str) -> None:
         assert client_error(lambda c=caller: c.put_bucket_lifecycle_configuration(
             Bucket=bucket, LifecycleConfiguration=config)) == (403, "AccessDenied")
     # Writing objects is not enough; ``full`` (as for CORS and ACLs) is.
-    assert run_cli(env.data, "grant", "set", bucket, "--user", "lcbob",
-                   "--permission", "write").returncode == 0
+    gateway_cli(env.data, "grant", "set", bucket, "--user", "lcbob", "--permission", "write")
     assert client_error(lambda: bob.put_bucket_lifecycle_configuration(
         Bucket=bucket, LifecycleConfiguration=config)) == (403, "AccessDenied")
-    assert run_cli(env.data, "grant", "set", bucket, "--user", "lcbob",
-                   "--permission", "full").returncode == 0
+    gateway_cli(env.data, "grant", "set", bucket, "--user", "lcbob", "--permission", "full")
     bob.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=config)
     assert bob.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"] == config["Rules"]
     assert client_error(lambda: anonymous.get_bucket_lifecycle_configuration(
@@ -391,7 +423,7 @@ def test_expiration_days_counts_to_midnight(env: Env, bucket: str) -> None:
     # Written on day D, one day to live: the object goes at midnight starting D + 2.
     env.run(midnight(first) + timedelta(days=2) - timedelta(seconds=1))
     assert env.keys(bucket) == ["data/c", "logs/a", "logs/b"]
-    report = env.run(midnight(last) + timedelta(days=2))
+    report = env.run(midnight(last) + timedelta(days=2), spawn=True)
     assert report["expired"] >= 2 and report["failed_buckets"] == []
     assert env.keys(bucket) == ["data/c"]
     usage = cli_json(env.data, "quota", "get", bucket)
@@ -522,8 +554,8 @@ def test_package_temp_folder_rule(env: Env) -> None:
 
 
 def test_cli_refuses_a_bad_clock(env: Env) -> None:
-    result = run_cli(env.data, "lifecycle", "run", "--now", "next tuesday")
-    assert result.returncode == 2 and "lifecycle" in result.stderr
+    code, _out, err = in_process(env.data, "lifecycle", "run", "--now", "next tuesday")
+    assert code == 2 and "lifecycle" in err
     plain = run_cli(env.data, "lifecycle", "run")
     assert plain.returncode == 0 and "bucket(s)" in plain.stdout
 
