@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
 import signal
@@ -53,31 +54,39 @@ def database_for(data: Path) -> str:
     return _DATABASES[key]
 
 
-def run_cli_here(data: Path, *args: str,
+def run_cli_here(data: Path, *args: str, stdin: str | None = None,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """:func:`run_cli` by the CLI's own ``main`` in this process: the same parsing, exit
-    codes and output, with the environment the spawned command would get (``env``, else
-    this process's), without an interpreter start-up (~0.7 s) each time. Tests keep at least
-    one spawned :func:`run_cli` per command family."""
+    codes and output (what it logs at WARNING or above lands on its standard error, as in
+    a process without logging configured), with the environment the spawned command would
+    get (``env``, else this process's), without an interpreter start-up (~0.7 s) each time.
+    Tests keep at least one spawned :func:`run_cli` per command family."""
     from gateway.cli import main
 
     environ = dict(os.environ if env is None else env)
     if database_for(data) and "GATEWAY_DATABASE_URL" not in (env or {}):
         environ["GATEWAY_DATABASE_URL"] = database_for(data)
     argv = [*args, "--data-dir", str(data)]
-    saved = dict(os.environ)
+    saved_env, saved_stdin = dict(os.environ), sys.stdin
     out, err = io.StringIO(), io.StringIO()
+    logged = logging.StreamHandler(err)
+    logged.setLevel(logging.WARNING)
+    root = logging.getLogger()
     try:
         os.environ.clear()
         os.environ.update(environ)
+        sys.stdin = io.StringIO(stdin or "")
+        root.addHandler(logged)
         with redirect_stdout(out), redirect_stderr(err):
             try:
                 code = main(argv)
             except SystemExit as exc:  # argparse's usage errors
                 code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        root.removeHandler(logged)
+        sys.stdin = saved_stdin
         os.environ.clear()
-        os.environ.update(saved)
+        os.environ.update(saved_env)
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 

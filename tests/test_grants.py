@@ -3,11 +3,9 @@ through a group, over S3 header auth and presigned URLs alike; revoking closes i
 
 from __future__ import annotations
 
-import io
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from gateway.cli import main as gateway_main
-from tests._server import GatewayProcess, database_for, run_cli
+from tests._server import GatewayProcess, run_cli, run_cli_here
 
 ALICE = ("AKGRANTALICE00000001", "alice-grant-secret-0123456789")
 BOB = ("AKGRANTBOB0000000001", "bob-grant-secret-0123456789")
@@ -40,15 +37,12 @@ def gw(data: Path, *args: str, stdin: str | None = None) -> subprocess.Completed
 
 def cli(data: Path, *args: str) -> str:
     """``gateway <args> --data-dir <data>``, which must succeed, run by the command's own
-    entry point in this process (a process apart from the gateway's, as with :func:`gw`,
-    without starting an interpreter each time): its standard output."""
-    url = database_for(data)
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = gateway_main([*args, "--data-dir", str(data),
-                             *(("--database-url", url) if url else ())])
-    assert code == 0, (args, err.getvalue())
-    return out.getvalue()
+    entry point in this process (``run_cli_here``: a process apart from the gateway's, as
+    with :func:`gw`, without starting an interpreter each time): its standard output."""
+    done = run_cli_here(data, *args)
+    assert done.returncode == 0, (args, done.stderr)
+    return done.stdout
+
 
 
 def client(server: GatewayProcess, key: tuple[str, str], **config: Any) -> Any:

@@ -6,17 +6,13 @@ expiry over HTTP, and secrets that must never reach the logs or the database in 
 from __future__ import annotations
 
 import base64
-import io
-import logging
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +24,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from gateway.cli import main as gateway_main
-from tests._server import GatewayProcess, database_for, run_cli
+from tests._server import GatewayProcess, run_cli, run_cli_here
 
 ALICE_KEY = ("AKISOALICE0000000001", "alice-iso-secret-0123456789abcdef")
 BOB_KEY = ("AKISOBOB000000000001", "bob-iso-secret-0123456789abcdef")
@@ -85,27 +80,13 @@ def gw_together(data: Path, *commands: tuple[str, ...],
 
 def cli(data: Path, *args: str, stdin: str = "") -> str:
     """``gateway <args> --data-dir <data>``, which must succeed, run by the command's own
-    entry point in this process (a process apart from the gateway's, as with :func:`gw`,
-    without starting an interpreter each time): what it would show in a terminal — its
-    standard output and error, and what it logs at WARNING or above (a process without
-    logging configured shows that on its standard error)."""
-    url = database_for(data)
-    out = io.StringIO()
-    logged = logging.StreamHandler(out)
-    logged.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    saved = sys.stdin
-    sys.stdin = io.StringIO(stdin)
-    root.addHandler(logged)
-    try:
-        with redirect_stdout(out), redirect_stderr(out):
-            code = gateway_main([*args, "--data-dir", str(data),
-                                 *(("--database-url", url) if url else ())])
-    finally:
-        root.removeHandler(logged)
-        sys.stdin = saved
-    assert code == 0, (args, out.getvalue())
-    return out.getvalue()
+    entry point in this process (``run_cli_here``: a process apart from the gateway's, as
+    with :func:`gw`, without starting an interpreter each time): what it would show in a
+    terminal — its standard output and error, WARNING logs included."""
+    done = run_cli_here(data, *args, stdin=stdin)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout + done.stderr
+
 
 
 def s3_client(server: GatewayProcess, key: tuple[str, str], **config: Any) -> Any:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,6 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from gateway.cli import main as gateway_main
 from gateway.service.lifecycle_rules import (
     compile_rules,
     expiration_header,
@@ -39,7 +36,7 @@ from gateway.service.lifecycle_rules import (
     package_temp_rule,
     validate_rules,
 )
-from tests._server import GatewayProcess, database_for, run_cli
+from tests._server import GatewayProcess, run_cli, run_cli_here
 from tests.conftest import make_client
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -52,16 +49,13 @@ BOB_KEY, BOB_SECRET = "LIFECYCLEBOBKEY00001", "lifecycle-bob-secret-0123456789ab
 
 def in_process(data: Path, *args: str) -> tuple[int, str, str]:
     """``gateway <args> --data-dir <data>`` run by the command's own entry point in this
-    process (as a separate process would, it opens the running gateway's database): exit
-    code, standard output and standard error. Starting an interpreter for each of the many
-    runs here would cost a second apiece; ``run_cli`` still runs the real command in
-    ``test_cli_refuses_a_bad_clock`` and ``test_expiration_days_counts_to_midnight``."""
-    url = database_for(data)
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = gateway_main([*args, "--data-dir", str(data),
-                             *(("--database-url", url) if url else ())])
-    return code, out.getvalue(), err.getvalue()
+    process (``run_cli_here``; as a separate process would, it opens the running gateway's
+    database): exit code, standard output and standard error. ``run_cli`` still runs the
+    real command in ``test_cli_refuses_a_bad_clock`` and
+    ``test_expiration_days_counts_to_midnight``."""
+    done = run_cli_here(data, *args)
+    return done.returncode, done.stdout, done.stderr
+
 
 
 def gateway_cli(data: Path, *args: str) -> str:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import itertools
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,12 +25,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from gateway.cli import main as gateway_main
 from gateway.metadata.db import Database
 from gateway.metadata.models import bots, change_counter, changes
 from gateway.service.webhooks import backoff_seconds
 from tests import _postgres
-from tests._server import GatewayProcess, database_for, free_port
+from tests._server import GatewayProcess, database_for, free_port, run_cli_here
 
 #: Short, so that retries and the purge are seen within seconds (the backoff's growth up
 #: to its cap is shown without a server, in ``test_backoff_doubles_up_to_the_cap``).
@@ -130,16 +127,13 @@ class Receiver:
 
 def cli_json(data: Path, *args: str) -> dict[str, Any]:
     """``gateway <args> --data-dir <data> --json``, which must succeed, run by the command's
-    own entry point in this process (beside the running gateway, as the command would be,
-    without starting an interpreter each time): its object."""
-    url = database_for(data)
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = gateway_main([*args, "--data-dir", str(data), "--json",
-                             *(("--database-url", url) if url else ())])
-    assert code == 0, (args, err.getvalue())
-    text = out.getvalue().strip()
+    own entry point in this process (``run_cli_here``: beside the running gateway, as the
+    command would be, without starting an interpreter each time): its object."""
+    done = run_cli_here(data, *args, "--json")
+    assert done.returncode == 0, (args, done.stderr)
+    text = done.stdout.strip()
     return dict(json.loads(text)) if text.startswith("{") else {}
+
 
 
 def in_db(data: Path, unit: Callable[[Connection], Any]) -> Any:
