@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from gateway.ratelimit import (
 )
 from gateway.settings import Settings
 from gateway.types import ANONYMOUS, Principal
-from tests._server import GatewayProcess, cli_json, free_port, run_cli
+from tests._server import GatewayProcess, free_port, run_cli_here
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ALICE = Principal(user_id=7, name="alice", role="user")
@@ -259,8 +261,9 @@ async def test_memory_limiter_memory_is_bounded(caplog: pytest.LogCaptureFixture
 
 async def test_redis_shared_between_instances(redis_prefix: str) -> None:
     """Two limiters on one Redis (as two gateway processes) spend one budget."""
-    a = RedisLimiter(REDIS_URL + f"?prefix={redis_prefix}")
-    b = RedisLimiter(REDIS_URL, prefix=redis_prefix)
+    # About counting, not latency: a generous timeout, as in ``make_limiter``.
+    a = RedisLimiter(REDIS_URL + f"?prefix={redis_prefix}", timeout=10.0)
+    b = RedisLimiter(REDIS_URL, prefix=redis_prefix, timeout=10.0)
     try:
         results = await asyncio.gather(*(
             (a if i % 2 else b).hit("u:1", 30) for i in range(100)))
@@ -352,13 +355,33 @@ def away_from_window_edge() -> None:
         time.sleep(left + 0.5)
 
 
-def make_alice(data: Path) -> None:
-    """A user (not an admin) with a known key, made by the CLI before the server starts."""
-    for args in (["user", "add", "alice"],
-                 ["key", "create", "--user", "alice", "--access-key", ALICE_KEY,
-                  "--secret-key", ALICE_SECRET]):
-        done = run_cli(data, *args)
-        assert done.returncode == 0, done.stderr
+def cli(data: Path, *args: str) -> str:
+    """``gateway <args> --data-dir <data>``, which must succeed, by the CLI's own ``main`` in
+    this process (``run_cli_here``): its standard output."""
+    done = run_cli_here(data, *args)
+    assert done.returncode == 0, (args, done.stderr)
+    return done.stdout
+
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with a user alice (not an admin) and her key, made by the CLI before any
+    server starts. The module's gateways share it; each counts requests on its own (in
+    memory) or in a Redis prefix of its test's own."""
+    path = tmp_path_factory.mktemp("ratelimit") / "data"
+    cli(path, "user", "add", "alice")
+    cli(path, "key", "create", "--user", "alice", "--access-key", ALICE_KEY, "--secret-key",
+        ALICE_SECRET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def api_limited(data: Path) -> Iterator[GatewayProcess]:
+    """Limits on the JSON API only (S3 limiting off): anonymous 3, users 5, admins none."""
+    server = GatewayProcess(data, env_extra={"GATEWAY_RATE_LIMITS": "3,5,off"}).start()
+    yield server
+    server.stop()
 
 
 def no_retry_client(server: GatewayProcess, key: str, secret: str) -> Any:
@@ -409,9 +432,7 @@ def anonymous_get(url: str) -> dict[str, str]:
     return found
 
 
-def test_s3_slowdown(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    make_alice(data)
+def test_s3_slowdown(data: Path) -> None:
     server = GatewayProcess(data, env_extra=LIMITS).start()
     try:
         away_from_window_edge()
@@ -434,28 +455,22 @@ def test_s3_slowdown(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_s3_headers_absent_when_s3_limiting_off(tmp_path: Path) -> None:
-    server = GatewayProcess(tmp_path / "data",
-                            env_extra={"GATEWAY_RATE_LIMITS": "1,1,1"}).start()
-    try:
-        root = no_retry_client(server, server.access_key, server.secret_key)
-        for _ in range(3):
-            got = list_buckets(root)
-            assert got["code"] == "OK"
-            assert not any(name.startswith("x-ratelimit") for name in got)
-    finally:
-        server.stop()
+def test_s3_headers_absent_when_s3_limiting_off(api_limited: GatewayProcess) -> None:
+    """S3 requests are neither counted nor refused, and carry no rate-limit headers, when
+    GATEWAY_RATE_LIMIT_S3 is off: alice's six calls go through her budget of five."""
+    alice = no_retry_client(api_limited, ALICE_KEY, ALICE_SECRET)
+    for _ in range(6):
+        got = list_buckets(alice)
+        assert got["code"] == "OK"
+        assert not any(name.startswith("x-ratelimit") for name in got)
 
 
-def test_s3_two_gateways_share_a_budget_through_redis(tmp_path: Path,
-                                                      redis_prefix: str) -> None:
-    data = tmp_path / "data"
-    make_alice(data)
+def test_s3_two_gateways_share_a_budget_through_redis(data: Path, redis_prefix: str) -> None:
     env = {**LIMITS, "GATEWAY_REDIS_URL": f"{REDIS_URL}?prefix={redis_prefix}"}
-    one = GatewayProcess(data, env_extra=env).start()
-    two = None
+    one, two = (GatewayProcess(data, env_extra=env) for _ in range(2))
     try:
-        two = GatewayProcess(data, env_extra=env).start()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(GatewayProcess.start, (one, two)))
         away_from_window_edge()
         clients = [no_retry_client(s, s.access_key, s.secret_key) for s in (one, two)]
         alices = [no_retry_client(s, ALICE_KEY, ALICE_SECRET) for s in (one, two)]
@@ -466,8 +481,7 @@ def test_s3_two_gateways_share_a_budget_through_redis(tmp_path: Path,
         assert len(redis_keys(redis_prefix)) == 3  # admin, alice, 127.0.0.1
     finally:
         one.stop()
-        if two is not None:
-            two.stop()
+        two.stop()
 
 
 def test_s3_fails_open_when_redis_is_down(tmp_path: Path) -> None:
@@ -484,34 +498,29 @@ def test_s3_fails_open_when_redis_is_down(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_json_api_budgets_and_429(tmp_path: Path) -> None:
+def test_json_api_budgets_and_429(data: Path, api_limited: GatewayProcess) -> None:
     """The JSON API counts every request (S3 limiting off): anonymous callers by address,
     token holders by user; refusals are 429 RATE_LIMITED with Retry-After."""
-    data = tmp_path / "data"
-    make_alice(data)
-    token = cli_json(data, "token", "create", "--user", "alice", "--name", "rl",
-                     "--permission", "storage:read")["token"]
-    server = GatewayProcess(data, env_extra={"GATEWAY_RATE_LIMITS": "3,5,off"}).start()
-    try:
-        away_from_window_edge()
-        url = server.url + "/api/v1/storage/buckets"
-        anonymous = [httpx.get(url) for _ in range(4)]
-        assert [r.status_code for r in anonymous] == [401, 401, 401, 429]
-        assert [r.headers["x-ratelimit-remaining"] for r in anonymous] == ["2", "1", "0", "0"]
-        refused = anonymous[-1]
-        assert refused.json()["error"] == "rate_limited"  # the storage routes' shape
-        envelope = httpx.get(server.url + "/api/v1/tokens")
-        assert envelope.status_code == 429
-        assert envelope.json()["error"]["code"] == "RATE_LIMITED"
-        assert 0 < int(refused.headers["retry-after"]) <= 3600
-        # Bad credentials count against the address too.
-        assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 429
-        headers = {"X-Api-Key": base64.b64encode(token.encode()).decode()}
-        answers = [httpx.get(url, headers=headers) for _ in range(6)]
-        assert [r.status_code for r in answers] == [200] * 5 + [429]
-        assert answers[0].headers["x-ratelimit-limit"] == "5"
-        # S3 is not counted unless GATEWAY_RATE_LIMIT_S3=on; admins are unlimited here.
-        root = no_retry_client(server, server.access_key, server.secret_key)
-        assert all(list_buckets(root)["code"] == "OK" for _ in range(8))
-    finally:
-        server.stop()
+    token = json.loads(cli(data, "token", "create", "--user", "alice", "--name", "rl",
+                           "--permission", "storage:read", "--json"))["token"]
+    server = api_limited
+    away_from_window_edge()
+    url = server.url + "/api/v1/storage/buckets"
+    anonymous = [httpx.get(url) for _ in range(4)]
+    assert [r.status_code for r in anonymous] == [401, 401, 401, 429]
+    assert [r.headers["x-ratelimit-remaining"] for r in anonymous] == ["2", "1", "0", "0"]
+    refused = anonymous[-1]
+    assert refused.json()["error"] == "rate_limited"  # the storage routes' shape
+    envelope = httpx.get(server.url + "/api/v1/tokens")
+    assert envelope.status_code == 429
+    assert envelope.json()["error"]["code"] == "RATE_LIMITED"
+    assert 0 < int(refused.headers["retry-after"]) <= 3600
+    # Bad credentials count against the address too.
+    assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 429
+    headers = {"X-Api-Key": base64.b64encode(token.encode()).decode()}
+    answers = [httpx.get(url, headers=headers) for _ in range(6)]
+    assert [r.status_code for r in answers] == [200] * 5 + [429]
+    assert answers[0].headers["x-ratelimit-limit"] == "5"
+    # S3 is not counted unless GATEWAY_RATE_LIMIT_S3=on; admins are unlimited here.
+    root = no_retry_client(server, server.access_key, server.secret_key)
+    assert all(list_buckets(root)["code"] == "OK" for _ in range(8))
