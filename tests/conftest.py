@@ -12,6 +12,7 @@ import boto3
 import pytest
 
 from tests import _postgres as postgres
+from tests._buckets import remove_bucket
 from tests._server import GatewayProcess
 from tests._upstreams import UPSTREAM_KINDS, Upstream, backend_env, make_upstream, unique_bucket
 
@@ -138,13 +139,7 @@ def bucket(s3: Any) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:20]}"
     s3.create_bucket(Bucket=name)
     yield name
-    # Empty and remove it, so tests stay independent.
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=name):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=name, Delete={"Objects": keys})
-    s3.delete_bucket(Bucket=name)
+    remove_bucket(s3, name)  # so tests stay independent
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+
+from tests._buckets import remove_bucket
 
 #: fs, and the s3:// backend on moto and on a second gateway, and PostgreSQL
 #: (tests/conftest.py) — for the flow whose outcome depends on them: mb/cp/ls/rm/rb moves
@@ -27,16 +28,9 @@ pytestmark = pytest.mark.upstreams
 def cli_bucket(s3: Any) -> Iterator[str]:
     name = f"cli-{uuid.uuid4().hex[:12]}.gbai"
     yield name
-    # What a failed test left behind, removed by boto3 (an aws-cli run takes a second).
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                s3.delete_objects(Bucket=name, Delete={"Objects": keys})
-        s3.delete_bucket(Bucket=name)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "NoSuchBucket":  # gone: the test removed it
-            raise
+    # What a failed test left behind, removed by boto3 (an aws-cli run takes a second);
+    # gone is fine: the test removed it.
+    remove_bucket(s3, name, missing_ok=True)
 
 
 def make_tree(root: Path) -> dict[str, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from tests._buckets import remove_bucket
 from tests._errors import client_error
 
 
@@ -22,14 +24,8 @@ def cleanup(s3: Any) -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     for name in names:
-        try:
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                if keys:
-                    s3.delete_objects(Bucket=name, Delete={"Objects": keys})
-            s3.delete_bucket(Bucket=name)
-        except ClientError:
-            pass
+        with contextlib.suppress(ClientError):
+            remove_bucket(s3, name)
 
 
 # -- ListBuckets --------------------------------------------------------------------------
