@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -113,16 +113,45 @@ S3_PREFIX = "contract/blobs"
 S3_DECOYS = ("contract/blobs-decoy/b/1/aa/x3", "contract/blob", "b/1/aa/x1", "c")
 
 
+@dataclass
+class _Bucket:
+    """A bucket of an upstream that the module's tests of one kind take turns on."""
+
+    #: A ``tests._upstreams`` server (``MotoServer`` or ``GatewayUpstream``).
+    upstream: Any
+    name: str
+
+
+@pytest.fixture(scope="module")
+def s3_buckets(request: pytest.FixtureRequest) -> Iterator[dict[str, _Bucket]]:
+    """One bucket per upstream kind for the module, created on first use with the decoys
+    in it; each test leaves it as it found it (``_reset_bucket``). Emptied and deleted at the
+    end: the upstreams live for the whole session (moto holds everything in memory)."""
+    buckets: dict[str, _Bucket] = {}
+    yield buckets
+    for bucket in buckets.values():
+        _empty_bucket(bucket.upstream.client(), bucket.name)
+
+
+def _bucket(kind: str, request: pytest.FixtureRequest) -> _Bucket:
+    buckets: dict[str, _Bucket] = request.getfixturevalue("s3_buckets")
+    if kind not in buckets:
+        upstream = request.getfixturevalue("upstream_pool").upstream(kind)
+        name = upstream.create_bucket()
+        for decoy in S3_DECOYS:
+            upstream.client().put_object(Bucket=name, Key=decoy, Body=b"decoy")
+        buckets[kind] = _Bucket(upstream, name)
+    return buckets[kind]
+
+
 @asynccontextmanager
 async def _s3(kind: str, request: pytest.FixtureRequest, tmp_path: Path
               ) -> AsyncIterator[Harness]:
-    """An ``S3Backend`` on ``s3://<a fresh bucket>/contract/blobs`` of the session's upstream
-    of ``kind`` (started on first use)."""
-    upstream = request.getfixturevalue("upstream_pool").upstream(kind)
-    bucket = upstream.create_bucket()
-    client = upstream.client()
-    for decoy in S3_DECOYS:
-        client.put_object(Bucket=bucket, Key=decoy, Body=b"decoy")
+    """An ``S3Backend`` on ``s3://<the module's bucket>/contract/blobs`` of the session's
+    upstream of ``kind`` (started on first use). The test finds in the bucket the decoys and
+    nothing else, as in a fresh one."""
+    shared = _bucket(kind, request)
+    upstream, bucket = shared.upstream, shared.name
     backend = S3Backend.from_url(f"s3://{bucket}/{S3_PREFIX}", S3Options(
         endpoint=upstream.endpoint, access_key=upstream.access_key,
         secret_key=upstream.secret_key, region=upstream.region))
@@ -142,25 +171,46 @@ async def _s3(kind: str, request: pytest.FixtureRequest, tmp_path: Path
         return found
 
     try:
-        # Parts of megabytes through a second gateway take tens of milliseconds.
-        scale = 50 if upstream.min_part_size else 1
+        # Parts of megabytes through a second gateway take tens of milliseconds; a call to
+        # moto takes a few milliseconds.
+        scale = 50 if upstream.min_part_size else 10
         yield Harness(backend, leftovers, residue, kind, upstream.min_part_size, scale)
     finally:
         await backend.aclose()
-        _empty_bucket(client, bucket)
+        _reset_bucket(upstream.client(), bucket)
 
 
-def _empty_bucket(client: Any, bucket: str) -> None:
-    """Abort the uploads, delete the objects and the bucket: the upstreams live for the
-    whole session (moto holds everything in memory)."""
+def _abort_uploads(client: Any, bucket: str) -> None:
     for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
         for upload in page.get("Uploads", []):
             client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
                                           UploadId=upload["UploadId"])
+
+
+def _delete_objects(client: Any, bucket: str, keep: tuple[str, ...] = ()) -> set[str]:
+    """Delete every object but those in ``keep``; the keys of ``keep`` that are there."""
+    kept: set[str] = set()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", []) if o["Key"] not in keep]
+        kept |= {o["Key"] for o in page.get("Contents", []) if o["Key"] in keep}
         if keys:
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    return kept
+
+
+def _reset_bucket(client: Any, bucket: str) -> None:
+    """Back to the decoys alone: uploads aborted, other objects deleted, decoys put back."""
+    _abort_uploads(client, bucket)
+    kept = _delete_objects(client, bucket, keep=S3_DECOYS)
+    for decoy in S3_DECOYS:
+        if decoy not in kept:
+            client.put_object(Bucket=bucket, Key=decoy, Body=b"decoy")
+
+
+def _empty_bucket(client: Any, bucket: str) -> None:
+    """Abort the uploads, delete the objects and the bucket."""
+    _abort_uploads(client, bucket)
+    _delete_objects(client, bucket)
     client.delete_bucket(Bucket=bucket)
 
 
