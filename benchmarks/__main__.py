@@ -146,7 +146,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--skip", nargs="*", default=[], choices=["small", "listing", "large"])
+    parser.add_argument("--from-json", type=Path, metavar="PATH",
+                        help="measure nothing: print (and with --readme, publish) the table "
+                             "of an earlier run's JSON")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        earlier: dict[str, Any] = json.loads(args.from_json.read_text())
+        return publish(earlier, args.readme)
     seconds = 2.0 if args.quick else 5.0
     started = time.monotonic()
     results: dict[str, Any] = {"machine": machine(),
@@ -166,13 +172,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["seconds"] = round(time.monotonic() - started)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     if not args.skip:
-        text = (f"Measured {results['date']} on {results['machine']}; `make bench` "
-                f"({results['seconds']} s).\n\n" + table(results))
-        print(text)
-        if args.readme:
-            update_readme(text)
-    else:
-        print(json.dumps(results, indent=2))
+        return publish(results, args.readme)
+    print(json.dumps(results, indent=2))
+    return results
+
+
+def publish(results: dict[str, Any], readme: bool) -> dict[str, Any]:
+    text = (f"Measured {results['date']} on {results['machine']}; `make bench` "
+            f"({results['seconds']} s).\n\n" + table(results))
+    print(text)
+    if readme:
+        update_readme(text)
     return results
 
 
