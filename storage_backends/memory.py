@@ -6,6 +6,7 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol, cast
 
 import anyio.lowlevel
 
@@ -22,9 +23,15 @@ from storage_backends.protocol import (
 )
 
 
+class Payload(Protocol):
+    """A stored blob's content: ``bytes`` here, a length in the null backend."""
+
+    def __len__(self) -> int: ...
+
+
 @dataclass(slots=True)
 class _Blob:
-    data: bytes
+    data: Payload
     last_modified: datetime
 
     def info(self, key: str) -> BlobInfo:
@@ -35,14 +42,14 @@ class _Blob:
 class _Upload:
     key: str
     #: part number -> token -> bytes; a part's attempts in the order they were stored.
-    parts: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    parts: dict[int, dict[str, Payload]] = field(default_factory=dict)
 
-    def add(self, part_number: int, data: bytes) -> PartInfo:
+    def add(self, part_number: int, data: Payload) -> PartInfo:
         token = secrets.token_hex(16)
         self.parts.setdefault(part_number, {})[token] = data
         return PartInfo(part_number, len(data), token)
 
-    def choose(self, ref: PartRef) -> bytes:
+    def choose(self, ref: PartRef) -> Payload:
         attempts = self.parts.get(ref.part_number, {})
         if ref.token is None:
             data = attempts[next(reversed(attempts))] if attempts else None
@@ -56,6 +63,9 @@ class _Upload:
 
 
 class MemoryBackend:
+    """Blobs as ``bytes`` in a dict. The four ``_absorb``/``_join``/``_slice``/``_reader``
+    hooks are all that knows what a blob's payload is (the null backend keeps lengths)."""
+
     name = "memory"
     capabilities = Capabilities(server_side_copy=True, native_multipart=True)
 
@@ -70,14 +80,14 @@ class MemoryBackend:
         self, key: str, body: AsyncIterable[bytes], *, size: int | None = None
     ) -> BlobInfo:
         validate_blob_key(key)
-        data = await _collect(body)
+        data = await self._absorb(body)
         blob = self._blobs[key] = _Blob(data, datetime.now(UTC))
         return blob.info(key)
 
     async def get(self, key: str, *, byte_range: ByteRange | None = None) -> BlobReader:
         blob = self._blob(key)
         await anyio.lowlevel.checkpoint()
-        return BytesReader(blob.data, byte_range)
+        return self._reader(blob.data, byte_range)
 
     async def head(self, key: str) -> BlobInfo:
         blob = self._blob(key)
@@ -123,7 +133,7 @@ class MemoryBackend:
     ) -> PartInfo:
         self._upload(key, upload_id)
         check_part_number(part_number)
-        data = await _collect(body)
+        data = await self._absorb(body)
         return self._upload(key, upload_id).add(part_number, data)  # not completed meanwhile
 
     async def copy_part(
@@ -139,7 +149,7 @@ class MemoryBackend:
         data = self._blob(src).data
         start, end = resolve_range(byte_range, len(data))
         await anyio.lowlevel.checkpoint()
-        return self._upload(key, upload_id).add(part_number, data[start:end])
+        return self._upload(key, upload_id).add(part_number, self._slice(data, start, end))
 
     async def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[PartRef]
@@ -151,7 +161,7 @@ class MemoryBackend:
         upload = self._upload(key, upload_id)
         chosen = [upload.choose(ref) for ref in parts]
         del self._uploads[upload_id]
-        blob = self._blobs[key] = _Blob(b"".join(chosen), datetime.now(UTC))
+        blob = self._blobs[key] = _Blob(self._join(chosen), datetime.now(UTC))
         return blob.info(key)
 
     async def delete_part(self, key: str, upload_id: str, part_number: int, token: str) -> None:
@@ -172,6 +182,20 @@ class MemoryBackend:
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
 
+    # -- what a payload is ------------------------------------------------------------------
+
+    async def _absorb(self, body: AsyncIterable[bytes]) -> Payload:
+        return b"".join([bytes(piece) async for piece in body])
+
+    def _join(self, payloads: Sequence[Payload]) -> Payload:
+        return b"".join(cast("Sequence[bytes]", payloads))
+
+    def _slice(self, payload: Payload, start: int, end: int) -> Payload:
+        return cast(bytes, payload)[start:end]
+
+    def _reader(self, payload: Payload, byte_range: ByteRange | None) -> BlobReader:
+        return BytesReader(cast(bytes, payload), byte_range)
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _blob(self, key: str) -> _Blob:
@@ -188,6 +212,3 @@ class MemoryBackend:
             raise UploadNotFound(upload_id)
         return upload
 
-
-async def _collect(body: AsyncIterable[bytes]) -> bytes:
-    return b"".join([bytes(piece) async for piece in body])
