@@ -17,7 +17,7 @@ _HELP = {
     "port": "port to listen on",
     "data_dir": "where the database and objects live",
     "database_url": "SQLAlchemy URL (default: SQLite in the data dir)",
-    "backend": "'fs' (default), 'memory', or an upstream such as s3://bucket/prefix",
+    "backend": "'fs' (default), 'memory', 'null' (benchmarks), or an upstream such as s3://bucket/prefix",
     "s3_endpoint": "URL of the upstream S3 server of an s3:// backend (default: AWS)",
     "s3_access_key": "access key for the upstream S3 server",
     "s3_secret_key": "secret key for the upstream S3 server",
