@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +80,7 @@ def run_cli_here(data: Path, *args: str, stdin: str | None = None,
         sys.stdin = io.StringIO(stdin or "")
         root.addHandler(logged)
         with redirect_stdout(out), redirect_stderr(err):
-            try:
-                code = main(argv)
-            except SystemExit as exc:  # argparse's usage errors
-                code = exc.code if isinstance(exc.code, int) else 1
+            code = _call_main(main, argv)
     finally:
         root.removeHandler(logged)
         sys.stdin = saved_stdin
@@ -90,9 +89,29 @@ def run_cli_here(data: Path, *args: str, stdin: str | None = None,
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
+def _call_main(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """``main(argv)``'s exit code; in a thread of its own when called from a running event
+    loop (the CLI runs its own)."""
+
+    def call() -> int:
+        try:
+            return main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            return exc.code if isinstance(exc.code, int) else 1
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return call()
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result()
+
+
 def cli_json(data: Path, *args: str) -> dict[str, Any]:
-    """A CLI command that must succeed, with ``--json``; its object ({} for none)."""
-    result = run_cli(data, *args, "--json")
+    """A CLI command that must succeed, with ``--json``; its object ({} for none). Run in
+    this process (:func:`run_cli_here`): fixtures set up users and tokens with it; the
+    commands themselves are tested spawned elsewhere."""
+    result = run_cli_here(data, *args, "--json")
     assert result.returncode == 0, (args, result.stderr)
     out = result.stdout.strip()
     return dict(json.loads(out)) if out.startswith("{") else {}
