@@ -339,8 +339,10 @@ def delete_object_row(conn: Connection, object_id: int, expected_blob_key: str |
     return result.rowcount == 1
 
 
-def _latest_range(bucket_id: int, after: str | None, after_inclusive: bool, prefix: str,
-                  upper: str | None) -> list[Any]:
+def _latest_page(conn: Connection, columns: Sequence[Any], bucket_id: int, after: str | None,
+                 after_inclusive: bool, prefix: str, upper: str | None, limit: int) -> Any:
+    """``columns`` of the latest, non-deleted rows in key (byte) order, bounded below and
+    above."""
     cond = [objects.c.bucket_id == bucket_id, objects.c.is_latest.is_(True),
             objects.c.is_delete_marker.is_(False)]
     if after is not None:
@@ -349,7 +351,7 @@ def _latest_range(bucket_id: int, after: str | None, after_inclusive: bool, pref
         cond.append(objects.c.key >= prefix)
     if upper is not None:
         cond.append(objects.c.key < upper)
-    return cond
+    return conn.execute(select(*columns).where(*cond).order_by(objects.c.key).limit(limit))
 
 
 def list_latest(
@@ -357,10 +359,8 @@ def list_latest(
     prefix: str, upper: str | None, limit: int,
 ) -> Sequence[ObjectRecord]:
     """Latest, non-deleted object rows in key (byte) order, bounded below and above."""
-    stmt = (select(*_OBJECT_COLUMNS)
-            .where(*_latest_range(bucket_id, after, after_inclusive, prefix, upper))
-            .order_by(objects.c.key).limit(limit))
-    return [_object(r) for r in (conn.execute(stmt)).all()]
+    return [_object(r) for r in _latest_page(conn, _OBJECT_COLUMNS, bucket_id, after,
+                                             after_inclusive, prefix, upper, limit)]
 
 
 _LISTED_COLUMNS = (objects.c.key, objects.c.size, objects.c.etag, objects.c.last_modified,
@@ -372,10 +372,8 @@ def list_latest_entries(
     prefix: str, upper: str | None, limit: int,
 ) -> Sequence[ListedObject]:
     """As :func:`list_latest`, with only what a listing shows (ListObjects' hot path)."""
-    stmt = (select(*_LISTED_COLUMNS)
-            .where(*_latest_range(bucket_id, after, after_inclusive, prefix, upper))
-            .order_by(objects.c.key).limit(limit))
-    return [ListedObject(*r) for r in conn.execute(stmt)]
+    return [ListedObject(*r) for r in _latest_page(conn, _LISTED_COLUMNS, bucket_id, after,
+                                                   after_inclusive, prefix, upper, limit)]
 
 
 def list_versions(
