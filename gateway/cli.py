@@ -26,6 +26,13 @@ _HELP = {
     "region": "the region the gateway reports",
     "domain": "enables virtual-host-style requests to <bucket>.<domain>",
     "workers": "uvicorn worker processes",
+    "ssl_certfile": "serve HTTPS with this PEM certificate (chain)",
+    "ssl_keyfile": "the certificate's PEM private key",
+    "request_header_timeout": "seconds a connection has to send a request head (10)",
+    "idle_timeout": "seconds a body may stall or a response go unread (60)",
+    "shutdown_grace_seconds": "on SIGTERM, seconds requests in flight get to finish (30)",
+    "max_concurrent_uploads": "uploads one process streams at once; more get SlowDown "
+                              "(256; 0: no limit)",
     "root_access_key": "the first admin's access key",
     "root_secret_key": "the first admin's secret key",
     "log_level": "debug, info, warning, error",
@@ -91,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.server import GuardedHttpProtocol
+
     # Flags win over the environment; they are passed on through it so that every uvicorn
     # worker process builds the same settings.
     for f in fields(Settings):
@@ -99,6 +108,8 @@ def serve(args: argparse.Namespace) -> int:
             os.environ[f"GATEWAY_{f.name.upper()}"] = str(value)
     settings = Settings.from_env()
     settings.metrics_enabled  # noqa: B018 - a bad value stops the start here
+    if settings.ssl_keyfile and not settings.ssl_certfile:
+        raise SystemExit("gateway serve: --ssl-keyfile needs --ssl-certfile")
     log_config = logs.logging_config(settings)
     logs.configure(settings)
     # Before any worker starts (they inherit the directory through the environment).
@@ -119,6 +130,10 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
         date_header=True,
+        http=GuardedHttpProtocol,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        ssl_certfile=settings.ssl_certfile or None,
+        ssl_keyfile=settings.ssl_keyfile or None,
     )
     return 0
 

@@ -126,6 +126,12 @@ InvalidEncryptionAlgorithmError = _error(
     "The Encryption request you specified is not valid. Supported value: AES256.")
 InvalidTag = _error("InvalidTag", 400, "The tag provided was not a valid tag.")
 BadRequest = _error("BadRequest", 400, "An error occurred when parsing the HTTP request.")
+RequestTimeout = _error("RequestTimeout", 400,
+                        "Your socket connection to the server was not read from or written "
+                        "to within the timeout period. Idle connections will be closed.")
+RequestHeaderSectionTooLarge = _error("RequestHeaderSectionTooLarge", 400,
+                                      "Your request header section exceeds the maximum "
+                                      "allowed size.")
 
 # -- 403 ---------------------------------------------------------------------------------
 AccessDenied = _error("AccessDenied", 403, "Access Denied")

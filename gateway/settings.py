@@ -20,6 +20,9 @@ class Settings:
     port: int = 8080
     data_dir: Path = Path("./data")
     database_url: str = ""  # empty: SQLite in the data dir
+    #: Seconds a SQLite write waits for a lock another process holds (a CLI command, a
+    #: backup) before the request answers 503 with Retry-After.
+    database_busy_timeout: int = 30
     backend: str = "fs"
     #: The upstream of an ``s3://bucket/prefix`` backend (MinIO, Ceph RGW, AWS S3, ...);
     #: empty: AWS S3 in ``s3_region``.
@@ -33,6 +36,20 @@ class Settings:
     region: str = "us-east-1"
     domain: str = ""  # enables virtual-host-style addressing: <bucket>.<domain>
     workers: int = 1
+    #: Serve HTTPS: a PEM certificate (chain) and its private key (``--ssl-certfile`` /
+    #: ``--ssl-keyfile``); both empty: plain HTTP.
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    #: Seconds a connection has to send a whole request head (slow-header clients).
+    request_header_timeout: int = 10
+    #: Seconds a request body may stop arriving, or a response stop being read, before the
+    #: connection is closed.
+    idle_timeout: int = 60
+    #: On SIGTERM, seconds that requests in flight get to finish before they are cut.
+    shutdown_grace_seconds: int = 30
+    #: Uploads (object PUTs, parts, form posts) one process streams at once; more are
+    #: refused with SlowDown, which S3 clients retry. 0: no limit.
+    max_concurrent_uploads: int = 256
     root_access_key: str = field(default="", repr=False)
     root_secret_key: str = field(default="", repr=False)
     #: Encrypts S3 secret keys at rest; default: a key file in the data dir (mode 0600).

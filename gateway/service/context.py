@@ -22,6 +22,26 @@ from storage_backends import errors as storage_errors
 log = logging.getLogger("gateway.service")
 
 
+class UploadSlots:
+    """How many uploads this process streams at once. Past the limit a new one is refused
+    with SlowDown (which S3 clients retry after a pause) rather than queued: every upload
+    holds a socket, a staging file and buffers."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.limit and self.active >= self.limit:
+            raise errors.SlowDown(headers={"Retry-After": "1"})
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -30,6 +50,10 @@ class Context:
     #: Wakes this process's change-log readers when a change commits here.
     hub: ChangeHub = field(default_factory=ChangeHub)
     _keyring: Keyring | None = field(default=None, repr=False)
+    uploads: UploadSlots = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.uploads = UploadSlots(self.settings.max_concurrent_uploads)
 
     @property
     def keyring(self) -> Keyring:

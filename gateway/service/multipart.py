@@ -180,7 +180,7 @@ class MultipartService:
 
         async def store() -> PartRecord:
             try:
-                with backend_errors():
+                with self.ctx.uploads.slot(), backend_errors():
                     info = await self.ctx.backend.put_part(
                         upload.blob_key, upload.backend_upload_id, part_number, stream,
                         size=stored)

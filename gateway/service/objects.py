@@ -199,7 +199,7 @@ class ObjectService:
             if sealing is not None:
                 stream, stored = sealing.seal(stream), sealing.stored_size(size_hint)
             try:
-                with backend_errors():
+                with self.ctx.uploads.slot(), backend_errors():
                     blob_key = (await self.ctx.backend.put(
                         self.ctx.new_blob_key(bucket.id, bucket.name, key), stream,
                         size=stored)).key
