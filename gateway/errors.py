@@ -126,6 +126,7 @@ InvalidEncryptionAlgorithmError = _error(
     "The Encryption request you specified is not valid. Supported value: AES256.")
 InvalidTag = _error("InvalidTag", 400, "The tag provided was not a valid tag.")
 BadRequest = _error("BadRequest", 400, "An error occurred when parsing the HTTP request.")
+MaxMessageLengthExceeded = _error("MaxMessageLengthExceeded", 400, "Your request was too big.")
 RequestTimeout = _error("RequestTimeout", 400,
                         "Your socket connection to the server was not read from or written "
                         "to within the timeout period. Idle connections will be closed.")

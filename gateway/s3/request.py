@@ -92,12 +92,13 @@ class S3Request:
         """A bounded control body (XML), verified like any other; larger ones are refused."""
         stream, expected = self.body()
         if expected is not None and expected > limit:
-            raise errors.InvalidRequest(f"The request body exceeds {limit} bytes.")
+            raise errors.MaxMessageLengthExceeded(fields={"MaxMessageLengthBytes": str(limit)})
         parts: list[bytes] = []
         total = 0
         async for chunk in stream:
             total += len(chunk)
             if total > limit:
-                raise errors.InvalidRequest(f"The request body exceeds {limit} bytes.")
+                raise errors.MaxMessageLengthExceeded(
+                    fields={"MaxMessageLengthBytes": str(limit)})
             parts.append(chunk)
         return b"".join(parts)
