@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.installed-test
 BROWSER_STAMP := $(VENV)/.installed-browser
 CLAMAV_STAMP := $(VENV)/.installed-clamav
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench campaigns clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench: $(TEST_STAMP)
 	      >/dev/null || exit 1; \
 	  else echo "make bench needs $$tool: apt-get install $$tool"; exit 1; fi; }; done
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# The reliability and security campaigns (campaigns/): the test suite runs their short
+# versions; this runs the long ones. CAMPAIGN_ARGS: e.g. "crash soak", or nothing for all.
+campaigns: $(TEST_STAMP)
+	$(BIN)/python -m campaigns --long $(CAMPAIGN_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
