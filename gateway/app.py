@@ -118,7 +118,8 @@ class GatewayApp:
             logging.captureWarnings(True)  # a JSON log holds nothing but JSON lines
         rate_limits = RateLimits.from_settings(settings)  # a bad value stops the start here
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.effective_database_url)
+        db = Database(settings.effective_database_url,
+                      busy_timeout=settings.database_busy_timeout)
         await db.start()
         backend = open_backend(settings.backend, data_dir=settings.data_dir,
                                s3=settings.s3_options())

@@ -38,6 +38,7 @@ import anyio
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
@@ -53,14 +54,21 @@ Unit = Callable[[Connection], T]
 GROUP_COMMIT_MAX = 64
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None  # transactions are begun explicitly below
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+#: Seconds a statement waits for a lock another connection holds (SQLite's busy timeout).
+BUSY_TIMEOUT = 30.0
+
+
+def _sqlite_pragmas(busy_timeout: float) -> Callable[[Any, Any], None]:
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # transactions are begun explicitly below
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return apply
 
 
 def sync_sqlite_url(url: URL) -> URL:
@@ -68,11 +76,11 @@ def sync_sqlite_url(url: URL) -> URL:
     return url.set(drivername="sqlite+pysqlite")
 
 
-def _sqlite_engine(url: URL, begin: str | None) -> Engine:
+def _sqlite_engine(url: URL, begin: str | None, busy_timeout: float) -> Engine:
     """``begin=None``: autocommit, each statement its own (snapshot-consistent) read."""
     engine = create_engine(url, poolclass=StaticPool,
                            connect_args={"check_same_thread": False})
-    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "connect", _sqlite_pragmas(busy_timeout))
     if begin is not None:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
     return engine
@@ -164,7 +172,11 @@ class _SQLiteWriter:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    """``busy_timeout``: seconds a SQLite write waits for a lock another process holds
+    before it fails (503 to clients)."""
+
+    def __init__(self, url: str, *, pool_size: int = 10,
+                 busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -176,11 +188,11 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             self.migration_url = sync_url.render_as_string(hide_password=False)
-            self._read_engine = _sqlite_engine(sync_url, None)
+            self._read_engine = _sqlite_engine(sync_url, None, busy_timeout)
             self._read_conn: Connection | None = None
-            self._write_engine = _sqlite_engine(sync_url, "BEGIN IMMEDIATE")
+            self._write_engine = _sqlite_engine(sync_url, "BEGIN IMMEDIATE", busy_timeout)
             self._scan_engine = create_engine(sync_url, pool_size=4, max_overflow=0)
-            event.listen(self._scan_engine, "connect", _sqlite_pragmas)
+            event.listen(self._scan_engine, "connect", _sqlite_pragmas(busy_timeout))
             event.listen(self._scan_engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         else:
             self.migration_url = url
@@ -196,14 +208,15 @@ class Database:
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         if self._async_engine is not None:
-            with _text_errors():
+            with _database_errors():
                 async with self._async_engine.connect() as aconn:
                     return await aconn.run_sync(fn)
         conn = self._read_conn
         if conn is None:
             raise RuntimeError("Database.start() was not awaited")
         try:
-            return fn(conn)
+            with _database_errors():
+                return fn(conn)
         finally:
             conn.rollback()  # ends SQLAlchemy's bookkeeping; no statement is sent
 
@@ -216,17 +229,19 @@ class Database:
             with self._scan_engine.connect() as conn, conn.begin():
                 return fn(conn)
 
-        return await anyio.to_thread.run_sync(run)
+        with _database_errors():
+            return await anyio.to_thread.run_sync(run)
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Runs ``fn`` in a write transaction; returns once it is durably committed."""
         if self._async_engine is not None:
-            with _text_errors():
+            with _database_errors():
                 async with self._async_engine.begin() as aconn:
                     return await aconn.run_sync(fn)
         if self._writer is None:
             raise RuntimeError("Database.start() was not awaited")
-        return await self._writer.submit(fn)
+        with _database_errors():
+            return await self._writer.submit(fn)
 
     async def ping(self) -> None:
         await self.read(lambda conn: conn.execute(text("SELECT 1")).scalar())
@@ -248,18 +263,57 @@ class Database:
 
 #: PostgreSQL's "invalid byte sequence" (a NUL in text) and "untranslatable character".
 _TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+#: PostgreSQL going away or refusing sessions: connection exceptions (class 08), shutting
+#: down or starting up (57P01-57P03), too many connections (53300).
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: SQLite's primary result codes (the low byte of an extended code) for a lock held
+#: elsewhere (BUSY, LOCKED), a failing or vanished file (IOERR, CANTOPEN, PROTOCOL), and a
+#: full disk (FULL).
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 10, 14, 15})
+_SQLITE_FULL = 13
+#: Seconds a client is asked to wait before retrying when the database is unavailable.
+RETRY_AFTER = "1"
+
+
+def _unavailable(message: str) -> errors.GatewayError:
+    return errors.ServiceUnavailable(message, headers={"Retry-After": RETRY_AFTER})
+
+
+def _mapped(exc: DBAPIError) -> errors.GatewayError | None:
+    """The gateway error a database failure stands for, or None for a server error."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate in _TEXT_SQLSTATES:
+        return errors.InvalidArgument("Text may not contain the NUL character")
+    sqlite_code = getattr(exc.orig, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        if sqlite_code & 0xFF == _SQLITE_FULL:
+            return errors.InsufficientStorage("The metadata database's disk is full.")
+        if sqlite_code & 0xFF in _SQLITE_UNAVAILABLE:
+            return _unavailable("The metadata database is busy. Please retry.")
+        return None
+    if exc.connection_invalidated or (isinstance(sqlstate, str) and (
+            sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES)):
+        return _unavailable("The metadata database is unreachable. Please retry.")
+    if sqlstate == "53100":  # disk full
+        return errors.InsufficientStorage("The metadata database's disk is full.")
+    return None
 
 
 @contextmanager
-def _text_errors() -> Iterator[None]:
-    """Text PostgreSQL cannot store (a NUL character; SQLite takes it) is the client's
-    error wherever it came from — a key, a name, a query parameter — not a server error."""
+def _database_errors() -> Iterator[None]:
+    """Database failures a client can act on become gateway errors here, once: text
+    PostgreSQL cannot store (a NUL character; SQLite takes it) is the client's error
+    wherever it came from; a database that is locked elsewhere, unreachable or restarting
+    is a 503 to retry; a full disk is a 507. Anything else stays a server error."""
     try:
         yield
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) in _TEXT_SQLSTATES:
-            raise errors.InvalidArgument("Text may not contain the NUL character") from None
-        raise
+        mapped = _mapped(exc)
+        if mapped is None:
+            raise
+        raise mapped from (None if isinstance(mapped, errors.InvalidArgument) else exc)
+    except (OSError, PoolTimeout) as exc:  # no connection: refused, timed out, pool empty
+        raise _unavailable("The metadata database is unreachable. Please retry.") from exc
 
 
 def alembic_config(url: str) -> Any:

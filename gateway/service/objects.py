@@ -251,7 +251,8 @@ class ObjectService:
         the blob was encrypted with (None: it holds the plaintext).
         ``before`` runs first in the same transaction (a multipart completion consumes its
         upload there) and returns the bytes of usage it freed. On failure the new blob is
-        discarded, unless the exception is one of ``keep_blob_on`` (a retry may reuse it).
+        discarded, unless the exception is one of ``keep_blob_on`` (a retry may reuse it)
+        or the database became unavailable (the commit may have happened).
         The caller releases ``reservation`` on failure."""
         now = datetime.now(UTC)
         values: dict[str, Any] = {
@@ -292,6 +293,11 @@ class ObjectService:
                 else:
                     raise errors.ConditionalRequestConflict()
         except keep_blob_on:
+            raise
+        except errors.ServiceUnavailable:
+            # The database went away, perhaps after the COMMIT reached it and before its
+            # answer came back: the row may point at the blob. It stays; the garbage
+            # collector removes it if no row does.
             raise
         except BaseException:
             await self.ctx.discard_blob(blob_key)

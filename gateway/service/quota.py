@@ -104,6 +104,9 @@ class QuotaService:
     def __init__(self, ctx: Context, instance_id: str | None = None) -> None:
         self.ctx = ctx
         self.instance_id = instance_id or uuid.uuid4().hex
+        #: Reservations whose release failed (the database was unavailable): retried at
+        #: every heartbeat, so a live instance does not hold them for ever.
+        self._unreleased: dict[str, Reservation] = {}
 
     # -- limits ----------------------------------------------------------------------------
 
@@ -249,19 +252,24 @@ class QuotaService:
     async def release(self, reservation: Reservation) -> None:
         if reservation.id is None:
             return
+        async with shielded():
+            try:
+                await self._release(reservation)
+            except Exception:
+                self._unreleased[reservation.id] = reservation
+                log.warning("could not release a quota reservation; retrying at the next "
+                            "heartbeat", exc_info=True)
+
+    async def _release(self, reservation: Reservation) -> None:
         reservation_id = reservation.id
+        assert reservation_id is not None
 
         def unit(conn: Connection) -> None:
             held = repo.take_reservation(conn, reservation_id)
             if held is not None:
                 repo.release_reserved(conn, reservation.bucket_id, *held)
 
-        async with shielded():
-            try:
-                await self.ctx.db.write(unit)
-            except Exception:
-                log.warning("could not release a quota reservation; it goes when this "
-                            "instance is presumed dead", exc_info=True)
+        await self.ctx.db.write(unit)
 
     # -- instances -------------------------------------------------------------------------
 
@@ -271,7 +279,11 @@ class QuotaService:
                                                                     now))
 
     async def heartbeat(self) -> int:
-        """Prove this instance alive; release what silent ones held."""
+        """Prove this instance alive; release what silent ones held, and what this one
+        failed to release before."""
+        for reservation_id, reservation in list(self._unreleased.items()):
+            await self._release(reservation)
+            del self._unreleased[reservation_id]
         now = datetime.now(UTC)
         stale = now - timedelta(seconds=3 * self.ctx.settings.heartbeat_seconds)
 
