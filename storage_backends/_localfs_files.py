@@ -19,7 +19,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -223,10 +223,18 @@ def scan(blobs: str, rel: str, prefix: str) -> tuple[list[BlobInfo], list[str]]:
     except (FileNotFoundError, NotADirectoryError):
         return infos, subdirs
     files = {entry.name for entry in entries if entry.is_file(follow_symlinks=False)}
+    strays: set[str] = set()
     for entry in entries:
         name = entry.name
         leaf = name.removesuffix(MANIFEST)
         if SEGMENT.fullmatch(leaf) is None:
+            if SEGMENT_DIR.fullmatch(name) is not None:
+                stray = name.partition(SEGMENTS)[0]
+                if stray not in files and stray + MANIFEST not in files \
+                        and stray not in strays and (rel + stray).startswith(prefix):
+                    strays.add(stray)
+                    with suppress(FileNotFoundError):
+                        infos.append(stray_info(rel + stray, entry.path))
             continue  # not a name a blob key makes: segments, or someone else's files
         try:
             if leaf != name:
@@ -244,6 +252,18 @@ def scan(blobs: str, rel: str, prefix: str) -> tuple[list[BlobInfo], list[str]]:
         except FileNotFoundError:
             continue  # deleted while we looked
     return infos, subdirs
+
+
+def stray_info(key: str, segments_path: str) -> BlobInfo:
+    """Segments no manifest names, as a blob of ``key`` to garbage-collect: a crash left
+    them between moving an upload's parts in and writing the manifest, or between removing
+    a manifest and its segments (``LocalFSBackend.delete`` removes them)."""
+    mtime = os.stat(segments_path, follow_symlinks=False).st_mtime
+    size = 0
+    for entry in os.scandir(segments_path):
+        with suppress(FileNotFoundError):
+            size += entry.stat(follow_symlinks=False).st_size if entry.name != "key" else 0
+    return BlobInfo(key, size, utc(mtime))
 
 
 def segmented_info(key: str, manifest_path: str) -> BlobInfo:

@@ -26,6 +26,10 @@ An upload is ``flock``'ed through its key file (see ``UploadLock``): shared whil
 is renamed into it or deleted, exclusively while a completion chooses and moves it, or an
 abort retires it. So an attempt that races a completion lands before the choice, or fails
 with ``UploadNotFound`` and leaves nothing behind.
+
+A crash can leave segments no manifest names (between moving an upload's parts in and
+writing the manifest, or between removing a manifest and its segments): ``list`` reports
+them under their key, so that garbage collection finds them, and ``delete`` removes them.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from storage_backends._localfs_files import (
     MANIFEST,
     NO_LINK,
     READ_FLAGS,
+    SEGMENT_DIR,
     SEGMENTS,
     TOKEN,
     UPLOAD_ID,
@@ -174,9 +179,12 @@ class LocalFSBackend:
             except NotADirectoryError:
                 return  # a prefix of the key is a blob, so this key cannot be one
             path = self._path(key)
-            self._drop_segmented(path)
-            with suppress(FileNotFoundError, IsADirectoryError):
+            dropped = self._drop_segmented(path)
+            try:
                 os.unlink(path)
+            except (FileNotFoundError, IsADirectoryError):
+                if not dropped:  # nothing named the key: perhaps a crash's remains
+                    self._drop_strays(path)
 
         with os_errors(key, writing=True):
             await to_thread.run_sync(delete)
@@ -478,14 +486,30 @@ class LocalFSBackend:
             self._retire(os.path.join(os.path.dirname(path), old.segments))
         return BlobInfo(key, manifest.size, utc(staged.mtime))
 
-    def _drop_segmented(self, path: str) -> None:
+    def _drop_segmented(self, path: str) -> bool:
+        """Remove the manifest at ``path`` and its segments; whether there was one."""
         manifest = self._read_manifest(path)
         try:
             os.unlink(path + MANIFEST)
         except (FileNotFoundError, NotADirectoryError):
-            return
+            return False
         if manifest is not None:
             self._retire(os.path.join(os.path.dirname(path), manifest.segments))
+        else:  # too corrupt to name its segments
+            self._drop_strays(path)
+        return True
+
+    def _drop_strays(self, path: str) -> None:
+        """Retire the segment directories of ``path`` that no manifest names (see
+        ``stray_info``)."""
+        parent, leaf = os.path.split(path)
+        try:
+            names = os.listdir(parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name in names:
+            if name.startswith(leaf + SEGMENTS) and SEGMENT_DIR.fullmatch(name):
+                self._retire(os.path.join(parent, name))
 
     def _read_manifest(self, path: str) -> Manifest | None:
         """For writers: None when there is none, or one too corrupt to name its segments."""

@@ -11,6 +11,8 @@ from gateway.checksums import DigestingStream
 from gateway.core import Gateway
 from gateway.service.gc import collect_garbage
 from gateway.types import ObjectAttributes
+from storage_backends import PartRef
+from storage_backends.localfs import LocalFSBackend
 from tests._inprocess import in_process_gateway
 
 
@@ -61,3 +63,23 @@ async def test_overwrite_leaves_no_garbage(gateway: Gateway) -> None:
     blobs = [b.key async for b in gateway.ctx.backend.list("b/")]
     assert len(blobs) == 2 and copy.blob_key in blobs
     assert await collect_garbage(gateway.ctx, grace_seconds=0) == 0
+
+
+async def test_collects_segments_a_crash_left_without_their_manifest(gateway: Gateway) -> None:
+    """kill -9 between removing a multipart blob's manifest and its segments (or between
+    moving an upload's parts in and writing the manifest) leaves segments no manifest
+    names; the collector finds and removes them like any unreferenced blob."""
+    principal, _ = await gateway.accounts.lookup("AK")
+    assert principal is not None
+    bucket = await gateway.buckets.create(principal, "gc-segments")
+    backend = gateway.ctx.backend
+    assert isinstance(backend, LocalFSBackend)
+    blob_key = gateway.ctx.new_blob_key(bucket.id)
+    upload_id = await backend.create_multipart(blob_key)
+    await backend.put_part(blob_key, upload_id, 1, _body(b"segment"))
+    await backend.complete_multipart(blob_key, upload_id, [PartRef(1)])
+    (backend.root / "blobs" / f"{blob_key}@manifest").unlink()  # where the crash struck
+
+    assert [(b.key, b.size) async for b in backend.list("b/")] == [(blob_key, 7)]
+    assert await collect_garbage(gateway.ctx, grace_seconds=0) == 1
+    assert [p for p in (backend.root / "blobs").rglob("*") if p.is_file()] == []

@@ -8,6 +8,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from gateway.checksums import DigestingStream
+from gateway.metadata import repo
+from gateway.types import ObjectAttributes
+from tests._inprocess import ROOT_KEY, in_process_gateway
 from tests._server import GatewayProcess
 
 MiB = 1024 * 1024
@@ -110,3 +115,46 @@ def test_kill_9_during_complete(tmp_path: Path) -> None:
             print(f"cycle {cycle}: {outcomes}")
     finally:
         server.stop()
+
+
+class Crash(BaseException):
+    """The process dies here (kill -9): nothing after this point runs."""
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@pytest.mark.parametrize("step", ["backend", "database"])
+async def test_parts_never_outlive_the_row_of_an_aborted_upload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """Wherever a crash cuts an abort short, the upload's row remains (aborting it again, or
+    its expiry, finishes the job) or its parts are gone: parts with no row are found by
+    nothing and would stay forever."""
+    async with in_process_gateway(tmp_path) as gw:
+        principal, _ = await gw.accounts.lookup(ROOT_KEY)
+        assert principal is not None
+        await gw.buckets.create(principal, "aborts")
+        upload = await gw.multipart.create(principal, "aborts", "k", ObjectAttributes())
+        await gw.multipart.upload_part(upload, 1, DigestingStream(_chunks(b"p" * 1000)),
+                                       size_hint=1000)
+        uploads = tmp_path / "objects" / "uploads"
+        assert len(list(uploads.iterdir())) == 1
+
+        async def crash(*args: Any, **kwargs: Any) -> None:
+            raise Crash
+
+        target = gw.ctx.backend if step == "backend" else gw.ctx.db
+        monkeypatch.setattr(target, "abort_multipart" if step == "backend" else "write",
+                            crash)
+        with pytest.raises(Crash):
+            await gw.multipart.abort(principal, "aborts", "k", upload.id)
+        monkeypatch.undo()
+
+        row = await gw.ctx.db.read(lambda conn: repo.upload(conn, upload.id))
+        assert row is not None or list(uploads.iterdir()) == [], "parts outlived their row"
+        if row is not None:
+            await gw.multipart.abort(principal, "aborts", "k", upload.id)
+        assert list(uploads.iterdir()) == []
+        assert (await gw.quotas.get("aborts")).used_bytes == 0

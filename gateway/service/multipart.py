@@ -247,6 +247,10 @@ class MultipartService:
         except _UploadGone:
             await self._drop_attempt(upload, part_number, record.token)
             raise errors.NoSuchUpload(fields={"UploadId": upload.id}) from None
+        except errors.ServiceUnavailable:
+            # The COMMIT may have happened without its answer reaching us: the attempt
+            # stays (completing or aborting the upload removes it if no row names it).
+            raise
         except BaseException:
             await self._drop_attempt(upload, part_number, record.token)
             raise
@@ -507,6 +511,11 @@ class MultipartService:
 
     async def _abort(self, upload: UploadRecord) -> bool:
         async with shielded():
+            # The backend's parts go first: were the row to go first, a crash in between
+            # would leave them with nothing to find them by. (A completion that moved them
+            # already makes this a no-op; one that has not yet fails.)
+            await self._abort_parts(upload)
+
             def unit(conn: Connection) -> int | None:
                 repo.lock_bucket(conn, upload.bucket_id)
                 return repo.delete_upload(conn, upload.id)
@@ -514,7 +523,8 @@ class MultipartService:
             freed = await self.ctx.db.write(unit)
             if freed is None:
                 return False  # completed or aborted meanwhile
-            await self._abort_backend(upload)
+            # A completion that got as far as linking the parts left a blob: it goes too.
+            await self.ctx.discard_blob(upload.blob_key)
             return True
 
     async def abort_upload(self, upload: UploadRecord) -> bool:
@@ -523,12 +533,14 @@ class MultipartService:
         return await self._abort(upload)
 
     async def _abort_backend(self, upload: UploadRecord) -> None:
+        await self._abort_parts(upload)
+        await self.ctx.discard_blob(upload.blob_key)
+
+    async def _abort_parts(self, upload: UploadRecord) -> None:
         try:
             await self.ctx.backend.abort_multipart(upload.blob_key, upload.backend_upload_id)
         except Exception:
             log.warning("could not abort backend upload of %s", upload.id, exc_info=True)
-        # A completion that got as far as linking the parts left a blob: it goes too.
-        await self.ctx.discard_blob(upload.blob_key)
 
     async def abort_bucket_uploads(self, bucket_id: int) -> int:
         """Before a bucket is deleted, its unfinished uploads go (as MinIO does)."""

@@ -341,6 +341,42 @@ async def test_complete_interrupted_by_a_crash_can_be_repeated(
     assert residue(fs.root) == []
 
 
+async def test_segments_a_crash_left_without_a_manifest_can_be_collected(
+    fs: LocalFSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between moving an upload's parts into the blob tree and writing the
+    manifest, or between removing a manifest and its segments, leaves a segment directory
+    no manifest names: listed (so garbage collection and fsck see it), removed by a
+    delete of its key (an abort of the upload, or the collector)."""
+
+    def crash(*args: Any) -> None:
+        raise OSError(errno.EIO, "power went out")
+
+    upload_id = await fs.create_multipart(KEY)
+    await fs.put_part(KEY, upload_id, 1, body(b"one"))
+    monkeypatch.setattr(fs, "_install_segmented", crash)
+    with pytest.raises(BackendUnavailable):
+        await fs.complete_multipart(KEY, upload_id, [PartRef(1)])
+    monkeypatch.undo()
+    assert [(i.key, i.size) async for i in fs.list()] == [(KEY, 3)]
+    with pytest.raises(BlobNotFound):
+        await fs.head(KEY)
+    await fs.abort_multipart(KEY, upload_id)  # what an abort of the upload does
+    await fs.delete(KEY)
+    assert residue(fs.root) == [] and [i async for i in fs.list()] == []
+
+    await multipart(fs, KEY, [b"seg", b"mented"])
+    monkeypatch.setattr(fs, "_retire", crash)
+    with pytest.raises(BackendUnavailable):
+        await fs.delete(KEY)
+    monkeypatch.undo()
+    with pytest.raises(BlobNotFound):
+        await fs.head(KEY)
+    assert [(i.key, i.size) async for i in fs.list()] == [(KEY, 9)]
+    await fs.delete(KEY)
+    assert residue(fs.root) == [] and [i async for i in fs.list()] == []
+
+
 def files_under(root: Path) -> list[str]:
     """Every file under ``root`` but instances' lock files."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
