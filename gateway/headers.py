@@ -155,7 +155,7 @@ def object_headers(record: ObjectRecord, default_type: str) -> dict[str, str]:
     headers = {"Content-Type": content_type if content_type and _sendable(content_type)
                else default_type}
     for name, value in record.headers.items():
-        if _TOKEN.fullmatch(name):
+        if _TOKEN.fullmatch(name) and value.strip(" \t"):
             headers[name] = header_value(value)
     missing = 0
     for name, value in record.user_metadata.items():
@@ -215,11 +215,9 @@ def object_attributes(headers: Mapping[str, str], *, text: bool = False) -> Obje
         found = headers.get(canonical.lower())
         if found is None:
             continue
-        value = found
-        if canonical == "Content-Encoding":
-            value = strip_aws_chunked(value)
-            if not value:
-                continue
+        value = strip_aws_chunked(found) if canonical == "Content-Encoding" else found
+        if not value.strip():
+            continue  # an empty header says nothing (and an empty Expires breaks botocore)
         stored[canonical] = value
     if any(name.startswith("x-amz-grant-") for name in headers):
         raise NotImplemented_("Explicit x-amz-grant-* headers are not supported; use a "

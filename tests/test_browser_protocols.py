@@ -187,6 +187,42 @@ def test_post_policy_violations(gateway: GatewayProcess, s3: Any, bucket: str,
     assert r.status_code == 403 and error_code(r) == "AccessDenied"
 
 
+def test_post_policy_odd_fields(gateway: GatewayProcess, s3: Any, bucket: str) -> None:
+    """Form values a browser page may carry: answered sensibly, never by a broken or
+    missing response, and the object is stored whenever the answer says so."""
+    def upload(key: str, fields: dict[str, str]) -> httpx.Response:
+        form = _post(gateway, bucket, "s3v4", key, [{n: v} for n, v in fields.items()],
+                     fields)
+        return httpx.post(form["url"], data=form["fields"], files={"file": ("f", b"odd")})
+
+    # Not 200, 201 or 204: the object is stored and the answer is 204, as S3 documents.
+    assert upload("status", {"success_action_status": "-1"}).status_code == 204
+    assert s3.get_object(Bucket=bucket, Key="status")["Body"].read() == b"odd"
+    # A redirect holding a control character or non-ASCII text: percent-encoded.
+    r = upload("redirect", {"success_action_redirect": "https://app.example.com/d\x7fné"})
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("https://app.example.com/d%7Fn%C3%A9?")
+    # An empty Expires is no header at all (botocore cannot read an empty one back).
+    assert upload("expires", {"Expires": "", "Cache-Control": ""}).status_code == 204
+    head = s3.head_object(Bucket=bucket, Key="expires")
+    assert "expires" not in head["ResponseMetadata"]["HTTPHeaders"]
+    assert "cache-control" not in head["ResponseMetadata"]["HTTPHeaders"]
+
+
+def test_post_with_an_overlong_boundary_is_malformed(gateway: GatewayProcess, s3: Any,
+                                                     bucket: str) -> None:
+    form = _post(gateway, bucket, "s3v4", "long-boundary", [])
+    boundary = "b" * 300  # RFC 2046 allows 70
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+             f"{value}\r\n" for name, value in form["fields"].items()]
+    body = ("".join(parts) + f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="f"\r\n\r\nx\r\n--{boundary}--\r\n').encode()
+    r = httpx.post(form["url"], content=body,
+                   headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 400 and error_code(r) == "MalformedPOSTRequest"
+    assert client_error(s3.head_object, Bucket=bucket, Key="long-boundary")[1] == 404
+
+
 # -- CORS -----------------------------------------------------------------------------------
 
 CORS = {"CORSRules": [

@@ -235,6 +235,12 @@ async def test_tampered_trailer_signature_and_value() -> None:
     no_signature = DOC_TRAILER[:DOC_TRAILER.index(b"x-amz-trailer-signature")] + b"\r\n"
     with pytest.raises(errors.SignatureDoesNotMatch):
         await decode(no_signature, signer_for(signing, trailer=True))
+    # Not hex at all, Latin-1 bytes included: refused like any wrong signature.
+    at = DOC_TRAILER.index(b"x-amz-trailer-signature:") + len(b"x-amz-trailer-signature:")
+    for junk in (b"\xe9" * 64, b"d81f\xff", b""):
+        garbled = DOC_TRAILER[:at] + junk + b"\r\n\r\n"
+        with pytest.raises(errors.SignatureDoesNotMatch):
+            await decode(garbled, signer_for(signing, trailer=True))
 
 
 async def test_unsigned_trailer_signature_is_ignored_and_not_reported() -> None:

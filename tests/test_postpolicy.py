@@ -344,7 +344,10 @@ async def test_duplicate_field_names() -> None:
 @ALL
 @pytest.mark.parametrize("raw", ["not base64!", base64.b64encode(b"{not json").decode(),
                                  base64.b64encode(b"[1, 2]").decode(),
-                                 base64.b64encode(b"\xff\xfe").decode()])
+                                 base64.b64encode(b"\xff\xfe").decode(),
+                                 # nesting past the JSON parser's stack
+                                 base64.b64encode(b"[" * 100_000).decode(),
+                                 base64.b64encode(b'{"a":' * 5000).decode()])
 async def test_malformed_policy(s3: Any, raw: str) -> None:
     fields = resign(post(s3), None, raw=raw)
     with pytest.raises(errors.InvalidPolicyDocument) as info:
@@ -357,6 +360,9 @@ async def test_malformed_policy(s3: Any, raw: str) -> None:
     lambda d: d.pop("expiration"),
     lambda d: d.update(expiration="next tuesday"),
     lambda d: d.update(expiration=12345),
+    # Valid ISO 8601 whose offset takes it past the calendar's first or last day.
+    lambda d: d.update(expiration="0001-01-01T00:00:00+01:00"),
+    lambda d: d.update(expiration="9999-12-31T23:59:59-01:00"),
     lambda d: d.pop("conditions"),
     lambda d: d.update(conditions={"key": "k"}),
     lambda d: d["conditions"].append(["content-length-range", 10]),

@@ -5,6 +5,7 @@ of an in-memory SQLite database."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 from collections.abc import Callable, Iterator
@@ -627,3 +628,12 @@ def test_any_input_is_answered_or_refused(engine: Engine, where: Any, order_by: 
 def test_deep_json_is_refused() -> None:
     with pytest.raises(QueryError):
         query_from_params(OBJECTS, {"where": "[" * 30000 + "]" * 30000})
+
+
+def test_deep_json_in_a_cursor_is_refused() -> None:
+    """A cursor is Base64 of JSON: nesting past the parser's stack is a bad cursor, not a
+    crash."""
+    deep = base64.urlsafe_b64encode(b'{"o":"x","v":' + b"[" * 5000).decode()
+    with pytest.raises(QueryError) as info:
+        query_from_params(OBJECTS, {"cursor": json.dumps({"after": deep})})
+    assert info.value.part == "cursor.after"

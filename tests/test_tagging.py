@@ -352,8 +352,14 @@ def test_invalid_tagging_header_writes_nothing(s3: Any, bucket: str, header: str
     b"<Tagging><TagSet><Tag><Key>a</Key><Key>b</Key><Value>1</Value></Tag></TagSet></Tagging>",
     b"<Tagging><TagSet><Tag><Key>a</Key><Value>1</Value><Extra/></Tag></TagSet></Tagging>",
     b"<Tagging><TagSet><Item><Key>a</Key><Value>1</Value></Item></TagSet></Tagging>",
+    # Well-formed documents but for a DTD, which no S3 document carries.
+    b"<!DOCTYPE Tagging [<!ELEMENT Tagging ANY>]>"
+    b"<Tagging><TagSet><Tag><Key>a</Key><Value>1</Value></Tag></TagSet></Tagging>",
+    b'<!DOCTYPE Tagging SYSTEM "http://127.0.0.1:1/tagging.dtd">'
+    b"<Tagging><TagSet><Tag><Key>a</Key><Value>1</Value></Tag></TagSet></Tagging>",
 ], ids=["empty", "text", "unclosed", "wrong-root", "no-tagset", "two-tagsets", "no-value",
-        "no-key", "two-keys", "extra-element", "wrong-element"])
+        "no-key", "two-keys", "extra-element", "wrong-element", "internal-dtd",
+        "external-dtd"])
 def test_malformed_xml(gateway: GatewayProcess, s3: Any, bucket: str, obj: str,
                        body: bytes) -> None:
     s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tag_set({"team": "x"})})

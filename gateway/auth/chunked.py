@@ -172,6 +172,9 @@ class _Decoder:
                 if self._trailer_signature is None:
                     raise SignatureDoesNotMatch("The trailing headers of a signed aws-chunked "
                                                 "body are missing x-amz-trailer-signature.")
+                if not _SIGNATURE.fullmatch(self._trailer_signature.encode("latin-1")):
+                    raise SignatureDoesNotMatch("The x-amz-trailer-signature of a signed "
+                                                "aws-chunked body is not 64 hex digits.")
                 canonical = "".join(f"{n}:{v}\n" for n, v in self._trailer_lines)
                 signer.verify_trailer(canonical.encode("latin-1"), self._trailer_signature)
         for name, value in self._trailer_lines:

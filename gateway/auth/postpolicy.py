@@ -162,7 +162,7 @@ def _decode_policy(text: str) -> dict[str, object]:
         raise _invalid("Invalid Base64 encoding.") from None
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: deep nesting
         raise _invalid("Invalid JSON.") from None
     if not isinstance(document, dict):
         raise _invalid("The policy must be a JSON object.")
@@ -178,9 +178,10 @@ def _parse_expiration(value: object) -> datetime:
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        # An offset can carry a time at the edge of the calendar past it.
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise _invalid(f"Invalid 'expiration' value: '{value[:64]}'") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _scalar(value: object, condition: object) -> str:

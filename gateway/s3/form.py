@@ -16,6 +16,8 @@ from gateway import errors
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS_BYTES = 1024 * 1024
+#: RFC 2046 §5.1.1: a boundary is 1 to 70 characters.
+MAX_BOUNDARY = 70
 
 
 def boundary_of(content_type: str) -> bytes:
@@ -24,6 +26,8 @@ def boundary_of(content_type: str) -> bytes:
     if kind != b"multipart/form-data" or not boundary:
         raise errors.InvalidRequest(
             "Bucket POST must be of the enclosure-type multipart/form-data")
+    if len(boundary) > MAX_BOUNDARY:
+        raise errors.MalformedPOSTRequest()
     return boundary
 
 

@@ -415,7 +415,7 @@ def decode_cursor(entity: Entity, order: Sequence[SortKey], cursor: Any,
     try:
         raw = base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4))
         data = json.loads(raw.decode("utf-8"))
-    except (ValueError, binascii.Error, UnicodeError):
+    except (ValueError, binascii.Error, UnicodeError, RecursionError):
         raise QueryError(part, "is not a cursor of this endpoint") from None
     if (not isinstance(data, dict) or not isinstance(data.get("v"), list)
             or not isinstance(data.get("o"), str)):

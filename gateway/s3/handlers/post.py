@@ -8,7 +8,6 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.responses import Response
 
-from gateway import errors
 from gateway.auth.postpolicy import check_content_length, verify_post_form
 from gateway.checksums import DigestingStream
 from gateway.headers import object_attributes
@@ -22,6 +21,9 @@ from gateway.service.encryption import response_headers, write_encryption_from_h
 from gateway.service.tagging import validate_tags
 from gateway.types import Principal
 
+#: What a redirect URL keeps as it is: RFC 3986 reserved and unreserved characters, and '%'
+#: (escapes already made).
+_URL_SAFE = ":/?#[]@!$&'()*+,;=-._~%"
 #: Form fields that describe the object (as request headers would).
 _OBJECT_FIELDS = ("content-type", "cache-control", "content-disposition", "content-encoding",
                   "content-language", "expires", "x-amz-storage-class", "x-amz-acl")
@@ -94,11 +96,15 @@ async def post_object(req: S3Request) -> Response:
                **response_headers(record.encryption)}
     lowered = {name.lower(): value for name, value in verified.fields.items()}
     redirect = lowered.get("success_action_redirect") or lowered.get("redirect")
+    if redirect:
+        # A header carries printable ASCII only: the rest is percent-encoded, as browsers do.
+        redirect = quote(redirect.strip(), safe=_URL_SAFE)
     if redirect and urlsplit(redirect).scheme in ("http", "https"):
         sep = "&" if urlsplit(redirect).query else "?"
         target = redirect + sep + urlencode({"bucket": req.bucket, "key": verified.key,
                                              "etag": record.quoted_etag})
         return Response(status_code=303, headers={**headers, "Location": target})
+    # Any other value (the object is stored by now) is answered 204, as S3 documents.
     status = lowered.get("success_action_status", "204")
     if status == "201":
         return xml_response("PostResponse", [
@@ -106,7 +112,4 @@ async def post_object(req: S3Request) -> Response:
             el("ETag", record.quoted_etag)], status=201, headers=headers)
     if status == "200":
         return Response(status_code=200, headers=headers)
-    if status not in ("204", ""):
-        raise errors.InvalidArgument("success_action_status must be 200, 201 or 204",
-                                     name="success_action_status", value=status)
     return Response(status_code=204, headers=headers)
