@@ -61,6 +61,47 @@ def redact_query(query: str) -> str:
     return "&".join(parts)
 
 
+#: Request headers whose values are credentials (compared in lower case).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie",
+                            "x-amz-security-token"})
+#: The websockets library's frames that carry a message (as opposed to control frames).
+_DATA_FRAMES = frozenset({"TEXT", "BINARY", "CONT"})
+
+
+class LibraryLineRedactor(logging.Filter):
+    """Redacts credentials from the lines of the libraries under the gateway, which hold
+    what the gateway's own lines never do: at DEBUG, the websockets library (under uvicorn)
+    traces every connection — each handshake header, and each frame as sent, a browser's
+    first frame carrying its token — and their request lines and uvicorn's ``WebSocket
+    <target>`` lines carry the query string. Credential headers and message frames are
+    replaced by ``REDACTED`` and the message's size; request targets go through
+    :func:`redact_query`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("uvicorn", "websockets")) \
+                or not isinstance(record.args, tuple) or not record.args:
+            return True
+        msg = str(record.msg)
+        args = list(record.args)
+        if msg in ("< %s: %s", "> %s: %s") and len(args) == 2 \
+                and str(args[0]).lower() in SECRET_HEADERS:
+            args[1] = "REDACTED"
+        elif msg in ("< %s", "> %s") and len(args) == 1:
+            opcode = getattr(getattr(args[0], "opcode", None), "name", None)
+            if opcode in _DATA_FRAMES:
+                args[0] = f"{opcode} REDACTED [{len(getattr(args[0], 'data', b''))} bytes]"
+        else:  # request lines, uvicorn's "WebSocket <target>"
+            args = [_redact_target(a) if isinstance(a, str) else a for a in args]
+        record.args = tuple(args)
+        return True
+
+
+def _redact_target(value: str) -> str:
+    """A request target (``/path?query``) with :func:`redact_query` applied."""
+    path, sep, query = value.partition("?")
+    return path + sep + redact_query(query) if sep and path.startswith("/") else value
+
+
 @dataclass(slots=True)
 class RequestRecord:
     """What one request did, filled in while it is handled; logged and counted at its end."""
@@ -225,8 +266,9 @@ def logging_config(settings: Settings) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"gateway": {"()": formatter}},
+        "filters": {"redact": {"()": "gateway.logs.LibraryLineRedactor"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "gateway",
-                                "stream": "ext://sys.stderr"}},
+                                "filters": ["redact"], "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level},
         "loggers": {
             # uvicorn's loggers carry their own handlers by default: ours instead.

@@ -176,3 +176,35 @@ def aws(gateway: GatewayProcess, tmp_path: Path) -> Any:
         return result
 
     return run
+
+
+# -- no secret in any gateway log ------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the whole run, every log a gateway under test wrote (``gateway-<port>.log``
+    beside its data dir, below the session's base temporary directory) is searched for
+    secrets: the root secret key, signatures, bearer and API tokens (tests/_secret_scan.py).
+    Any hit is shown masked and fails the session. Under pytest-xdist the controller does
+    it once, after every worker has finished: the workers' base directories are inside
+    its own."""
+    if hasattr(session.config, "workerinput"):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    from tests._secret_scan import gateway_logs, scan
+
+    found = scan(gateway_logs(factory.getbasetemp()))
+    if not found.hits:
+        return
+    lines = [f"SECRETS IN GATEWAY LOGS: {len(found.hits)} in {found.lines:,} lines of "
+             f"{found.files} logs", *(f"  {hit}" for hit in found.hits[:50])]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line, red=True)
+        else:
+            print(line, file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

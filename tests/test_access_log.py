@@ -267,3 +267,32 @@ def test_text_format_has_request_ids(tmp_path: Path) -> None:
                 if "gateway.access" in line and "/api/" in line)
     assert response.headers["x-request-id"] in line
     assert "op=GET /api/v1/storage/buckets" in line and " 401 " in line
+
+
+def test_debug_traces_of_websockets_hold_no_credentials(tmp_path: Path) -> None:
+    """At DEBUG the websockets library (under uvicorn) traces every connection, handshake
+    headers and frames as sent, and uvicorn logs the request target: credentials in the
+    Authorization and X-Api-Key headers, in the first message and in the query are
+    redacted."""
+    server = GatewayProcess(tmp_path / "data", env_extra={"GATEWAY_LOG_LEVEL": "debug"}).start()
+    try:
+        token = cli(server.data_dir, "token", "create", "--user", "admin", "--name", "ws",
+                    "--permission=storage:read")["token"]
+        encoded = base64.b64encode(token.encode()).decode()
+        url = server.url.replace("http", "ws") + f"/ws?token={token}"
+        for headers, first in (({"Authorization": f"Bearer {token}"}, None),
+                               ({"X-Api-Key": encoded}, None), ({}, token)):
+            with websockets.sync.client.connect(url, additional_headers=headers) as ws:
+                if first is not None:
+                    ws.send(json.dumps({"type": "auth", "token": first}))
+                assert json.loads(ws.recv())["type"] == "authenticated"
+    finally:
+        server.stop()
+    log = server.log()
+    # The traces did run, redacted.
+    for redacted in ("< authorization: REDACTED", "< x-api-key: REDACTED",
+                     "< TEXT REDACTED [", "/ws?token=REDACTED"):
+        assert redacted in log, redacted
+    for secret in (token, encoded):  # not even in part
+        pieces = {secret[i:i + 12] for i in range(len(secret) - 11)}
+        assert not [p for p in pieces if p in log]

@@ -289,6 +289,72 @@ async def test_many_sockets_each_get_every_event(env: Env) -> None:
             assert [(await recv(ws))["key"] for _ in range(2)] == ["one", "two"]
 
 
+async def until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int]:
+    """The messages received until the server closed the socket, and its close code."""
+    received: list[dict[str, Any]] = []
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        while True:
+            received.append(json.loads(await asyncio.wait_for(ws.recv(), 15)))
+    frame = info.value.rcvd
+    assert frame is not None, "closed without a close frame"
+    return received, frame.code
+
+
+async def test_access_lost_while_subscribed_stops_delivery(env: Env) -> None:
+    """Access is checked again before events are sent: the socket of a revoked token is
+    closed, a subscription to a bucket the caller may no longer read (a grant revoked; the
+    bucket deleted and its name taken by another tenant) ends, and nothing that happens
+    afterwards reaches either."""
+    data, s3 = env.server.data_dir, env.s3()
+    doomed = await asyncio.to_thread(cli_json, data, "token", "create", "--user", "alice",
+                                     "--name", "doomed", "--permission=storage:read")
+    guest = await asyncio.to_thread(cli_json, data, "token", "create", "--user", "bob",
+                                    "--name", "guest", "--permission=storage:read")
+    for bucket in ("ws-revoked", "ws-shared", "ws-moved"):
+        await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
+    await asyncio.to_thread(cli_json, data, "grant", "set", "ws-shared", "--user", "bob",
+                            "--permission", "read")
+    async with socket(env, bearer(doomed["token"])) as revoked, \
+            socket(env, bearer(guest["token"])) as granted, \
+            socket(env, bearer(env.token)) as mover:
+        subs = {}
+        for ws, bucket in ((revoked, "ws-revoked"), (granted, "ws-shared"),
+                           (mover, "ws-moved")):
+            await recv(ws)
+            subs[bucket] = (await subscribe(ws, bucket))["id"]
+            await put(env, bucket, "before")
+            assert (await recv(ws))["key"] == "before"
+
+        await asyncio.to_thread(cli_json, data, "token", "revoke", doomed["id"])
+        await put(env, "ws-revoked", "after")
+        received, code = await until_closed(revoked)
+        assert code == CLOSE_UNAUTHORIZED
+        assert not [m for m in received if m["type"] == "event"], received
+
+        await asyncio.to_thread(cli_json, data, "grant", "revoke", "ws-shared", "--user", "bob")
+        await put(env, "ws-shared", "after")
+        assert await recv(granted) == {
+            "type": "error", "code": "FORBIDDEN", "reason": "access_lost",
+            "id": subs["ws-shared"], "bucket": "ws-shared",
+            "message": "Access to the bucket was lost; the subscription has ended"}
+        await put(env, "ws-shared", "later")
+        await quiet(granted)
+
+        await asyncio.to_thread(s3.delete_object, Bucket="ws-moved", Key="before")
+        await asyncio.to_thread(s3.delete_bucket, Bucket="ws-moved")
+        await asyncio.to_thread(env.bob_s3.create_bucket, Bucket="ws-moved")
+        await asyncio.to_thread(env.bob_s3.put_object, Bucket="ws-moved", Key="bobs",
+                                Body=b"not alice's")
+        ended = await recv(mover)
+        while ended["type"] == "event" and ended["key"] == "before":  # her own delete
+            ended = await recv(mover)
+        assert ended["type"] == "error" and ended["reason"] == "access_lost", ended
+        assert ended["id"] == subs["ws-moved"]
+        await quiet(mover)
+        await send(mover, type="ping")  # the socket itself goes on
+        assert await recv(mover) == {"type": "pong"}
+
+
 # -- in process: the shared reader and slow readers ------------------------------------------
 
 

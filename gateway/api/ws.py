@@ -32,8 +32,15 @@ then joins the shared stream. Each socket has a bounded :class:`Outbox`: a clien
 not keep up is closed with :data:`CLOSE_LAGGING` and resubscribes with the cursor of the
 last event it received, so a slow reader never grows the server's memory.
 
-Access is checked when subscribing; a subscription keeps receiving until it ends, even if
-the credential is revoked meanwhile (as an open download would).
+Access is checked when subscribing, and again before events are sent (one check per batch
+of messages taken from the outbox, begun after the batch's events were queued): once the
+credential is revoked or expires, its session ends or its user is disabled, the socket is
+closed with :data:`CLOSE_UNAUTHORIZED` and nothing more is sent; once the caller may no
+longer read a subscription's bucket (a grant revoked, the bucket deleted — and perhaps made
+again by someone else), that subscription ends with ``{"type": "error", "code":
+"FORBIDDEN" | "NOT_FOUND", "reason": "access_lost", "id": n, "bucket": "b"}`` and its
+pending events are dropped. When access cannot be checked (the database is unreachable),
+the socket is closed with :data:`CLOSE_UNAVAILABLE`, to be resumed from the last cursor.
 """
 
 from __future__ import annotations
@@ -85,8 +92,10 @@ PERMISSION = "storage:read"
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_LAGGING = 4429
-#: The gateway is starting or stopping (the standard "try again later").
+#: The gateway is starting or stopping, or cannot check access (the standard "try again
+#: later").
 CLOSE_UNAVAILABLE = 1013
+_UNCHECKED = "access cannot be checked now: resubscribe with since = the cursor of your last event"
 
 #: The shortest pause between two shared reads (a burst of commits wakes the reader once
 #: per commit).
@@ -142,6 +151,16 @@ class Outbox:
         message = self._items.popleft()
         self._room.set()
         return message
+
+    async def take_all(self) -> list[dict[str, Any]] | None:
+        """The next message and every other one waiting; None once the outbox overflowed."""
+        first = await self.take()
+        if first is None:
+            return None
+        batch = [first, *self._items]
+        self._items.clear()
+        self._room.set()
+        return batch
 
 
 @dataclass(eq=False)
@@ -274,6 +293,21 @@ class _Refused(Exception):
         self.reason = reason
 
 
+#: The credential a socket authenticated with, to check again later: ``("bearer", token)``
+#: (the Authorization header or the first message) or ``("api_key", X-Api-Key value)``.
+Credential = tuple[str, str]
+
+
+async def reauthenticate(gw: Gateway, credential: Credential) -> Caller | None:
+    """Who ``credential`` stands for now (None: revoked, expired, logged out, or its user
+    disabled)."""
+    how, value = credential
+    if how == "api_key":
+        found = await gw.tokens.authenticate(value)
+        return Caller(found[0], found[1], "token") if found is not None else None
+    return await caller_for_token(gw, value)
+
+
 async def caller_for_token(gw: Gateway, token: str) -> Caller | None:
     """Who a bearer token (an API token, raw or Base64, or a session token) stands for."""
     token = token.strip()
@@ -288,23 +322,25 @@ async def caller_for_token(gw: Gateway, token: str) -> Caller | None:
     return Caller(found[0], found[1], "token") if found is not None else None
 
 
-async def caller_from_headers(gw: Gateway, headers: Mapping[str, str]) -> Caller | None:
-    """The caller named by the upgrade request's headers; None when it names none."""
+async def caller_from_headers(gw: Gateway, headers: Mapping[str, str]
+                              ) -> tuple[Caller, Credential] | None:
+    """The caller named by the upgrade request's headers, and the credential that named
+    them; None when the headers name none."""
     authorization = headers.get("authorization")
     api_key = headers.get("x-api-key")
     if authorization is not None:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _Refused(CLOSE_UNAUTHORIZED, "Authorization must be 'Bearer <token>'")
-        caller = await caller_for_token(gw, token)
+        credential: Credential = ("bearer", token)
     elif api_key is not None and api_key.strip():
-        found = await gw.tokens.authenticate(api_key)
-        caller = Caller(found[0], found[1], "token") if found is not None else None
+        credential = ("api_key", api_key)
     else:
         return None
+    caller = await reauthenticate(gw, credential)
     if caller is None:
         raise _Refused(CLOSE_UNAUTHORIZED, "invalid, expired or revoked credentials")
-    return caller
+    return caller, credential
 
 
 # -- the endpoint ----------------------------------------------------------------------------
@@ -322,6 +358,7 @@ class _Session:
     gw: Gateway
     fanout: ChangeFanout
     caller: Caller
+    credential: Credential
     outbox: Outbox = field(default_factory=Outbox)
     subs: dict[int, Subscription] = field(default_factory=dict)
     tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
@@ -331,6 +368,55 @@ class _Session:
         for sub in self.subs.values():
             self.fanout.remove(sub)
         for task in self.tasks.values():
+            task.cancel()
+
+    async def allowed(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``batch`` once access is checked again, if it holds events: without the events
+        of subscriptions whose bucket the caller may no longer read (each such
+        subscription ends, with an error message in its events' place). Raises _Refused
+        when the credential no longer stands, or when access cannot be checked now (the
+        database is unreachable): nothing is sent unchecked, and the client resumes from
+        the cursor of its last event."""
+        buckets = {m["bucket"] for m in batch if m.get("type") == "event"}
+        if not buckets:
+            return batch
+        try:
+            caller = await reauthenticate(self.gw, self.credential)
+        except Exception:
+            log.warning("could not check a socket's credentials again", exc_info=True)
+            raise _Refused(CLOSE_UNAVAILABLE, _UNCHECKED) from None
+        if caller is None or caller.principal.user_id != self.caller.principal.user_id:
+            raise _Refused(CLOSE_UNAUTHORIZED, "the credentials were revoked or expired")
+        if not caller.has(PERMISSION):
+            raise _Refused(CLOSE_FORBIDDEN, f"this credential lacks the {PERMISSION} "
+                                            "permission")
+        self.caller = caller
+        lost: dict[str, errors.GatewayError] = {}
+        for bucket in buckets:
+            try:
+                await self.gw.objects.bucket(caller.principal, bucket, write=False)
+            except (errors.AccessDenied, errors.NoSuchBucket) as exc:
+                lost[bucket] = exc
+            except Exception:
+                log.warning("could not check a subscription's access again", exc_info=True)
+                raise _Refused(CLOSE_UNAVAILABLE, _UNCHECKED) from None
+        if not lost:
+            return batch
+        ended: list[dict[str, Any]] = []
+        for sub in [s for s in self.subs.values() if s.bucket in lost]:
+            self.end(sub)
+            refused = as_api_error(lost[sub.bucket], "")
+            ended.append(_error(refused.code, "Access to the bucket was lost; the "
+                                "subscription has ended", reason="access_lost", id=sub.id,
+                                bucket=sub.bucket))
+        return [m for m in batch if not (m.get("type") == "event" and m["bucket"] in lost)
+                ] + ended
+
+    def end(self, sub: Subscription) -> None:
+        self.subs.pop(sub.id, None)
+        self.fanout.remove(sub)
+        task = self.tasks.pop(sub.id, None)
+        if task is not None:
             task.cancel()
 
     async def handle(self, raw: str) -> None:
@@ -460,9 +546,8 @@ class ChangeSocket:
             await websocket.close(CLOSE_UNAVAILABLE, "the gateway is starting or stopping")
             return
         try:
-            caller = await caller_from_headers(gw, websocket.headers)
-            if caller is None:
-                caller = await self._first_message(gw, websocket)
+            found = await caller_from_headers(gw, websocket.headers)
+            caller, credential = found or await self._first_message(gw, websocket)
             if not caller.has(PERMISSION):
                 raise _Refused(CLOSE_FORBIDDEN,
                                f"this credential lacks the {PERMISSION} permission")
@@ -472,7 +557,7 @@ class ChangeSocket:
         except WebSocketDisconnect:
             return
         websocket.scope[PRINCIPAL_SCOPE_KEY] = caller.principal.name
-        session = _Session(gw, fanout, caller)
+        session = _Session(gw, fanout, caller, credential)
         session.outbox.offer({"type": "authenticated", "user": caller.principal.name})
         try:
             await self._serve(websocket, session)
@@ -480,7 +565,8 @@ class ChangeSocket:
             session.close()
 
     @staticmethod
-    async def _first_message(gw: Gateway, websocket: WebSocket) -> Caller:
+    async def _first_message(gw: Gateway, websocket: WebSocket
+                             ) -> tuple[Caller, Credential]:
         try:
             async with asyncio.timeout(AUTH_TIMEOUT):
                 raw = await websocket.receive_text()
@@ -496,15 +582,16 @@ class ChangeSocket:
             raise _Refused(CLOSE_UNAUTHORIZED, 'authentication required: send {"type": '
                            '"auth", "token": …} first')
         token = message.get("token")
-        caller = await caller_for_token(gw, token) if isinstance(token, str) else None
+        credential: Credential = ("bearer", token if isinstance(token, str) else "")
+        caller = await reauthenticate(gw, credential)
         if caller is None:
             raise _Refused(CLOSE_UNAUTHORIZED, "invalid, expired or revoked credentials")
-        return caller
+        return caller, credential
 
     async def _serve(self, websocket: WebSocket, session: _Session) -> None:
         """Until the client leaves or falls behind: its messages in, the outbox out."""
         receiver = asyncio.create_task(self._receive(websocket, session))
-        sender = asyncio.create_task(self._send(websocket, session.outbox))
+        sender = asyncio.create_task(self._send(websocket, session))
         lagging = asyncio.create_task(session.outbox.overflowed.wait())
         tasks = (receiver, sender, lagging)
         try:
@@ -515,12 +602,16 @@ class ChangeSocket:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if lagging in done and websocket.application_state == WebSocketState.CONNECTED:
+        ending: _Refused | None = None
+        if sender in done and not sender.cancelled() and sender.exception() is None:
+            ending = sender.result()
+        if ending is None and lagging in done:
+            ending = _Refused(CLOSE_LAGGING,
+                              "lagging: resubscribe with since = the cursor of your last event")
+        if ending is not None and websocket.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
-                    await websocket.close(
-                        CLOSE_LAGGING,
-                        "lagging: resubscribe with since = the cursor of your last event")
+                    await websocket.close(ending.code, ending.reason)
 
     @staticmethod
     async def _receive(websocket: WebSocket, session: _Session) -> None:
@@ -535,7 +626,14 @@ class ChangeSocket:
             await session.handle(text)
 
     @staticmethod
-    async def _send(websocket: WebSocket, outbox: Outbox) -> None:
-        while (message := await outbox.take()) is not None:
-            await websocket.send_text(json.dumps(message, separators=(",", ":"),
-                                                 ensure_ascii=False))
+    async def _send(websocket: WebSocket, session: _Session) -> _Refused | None:
+        """Sends until the outbox overflows (None) or access is lost (why)."""
+        while (batch := await session.outbox.take_all()) is not None:
+            try:
+                batch = await session.allowed(batch)
+            except _Refused as refused:
+                return refused
+            for message in batch:
+                await websocket.send_text(json.dumps(message, separators=(",", ":"),
+                                                     ensure_ascii=False))
+        return None

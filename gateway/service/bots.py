@@ -130,6 +130,13 @@ def random_code(length: int = 8, alphabet: str = _CODE_ALPHABET) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
+def _same_code(given: Any, current: str | None) -> bool:
+    """Whether ``given`` is the invite code ``current``, in constant time."""
+    if not isinstance(given, str) or current is None:
+        return given is None and current is None
+    return hmac.compare_digest(given.encode(), current.encode())
+
+
 # -- values ------------------------------------------------------------------------------------
 
 
@@ -757,7 +764,7 @@ class BotService:
                 values.update(url=url, error_count=0, next_attempt_at=None)
         if "state" in rest:
             values["state"] = _state(rest["state"])
-        if "inviteCode" in rest and rest["inviteCode"] != bot.invite_code:
+        if "inviteCode" in rest and not _same_code(rest["inviteCode"], bot.invite_code):
             if rest["inviteCode"] != "new":
                 raise Invalid('inviteCode can only be set to "new" (a fresh code)',
                               "inviteCode")

@@ -13,6 +13,7 @@ The format, the keys and S3's header rules are :mod:`gateway.service.encryption`
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,8 +123,8 @@ def reuse_sealing(source: ObjectRecord, data_key: bytes | None, write: WriteEncr
     mode = write.resolve(bucket_default(bucket))
     if mode != enc.params_mode(params):
         return None
-    if mode == enc.SSE_C and (write.customer is None
-                              or write.customer.md5 != params.get("key_md5")):
+    if mode == enc.SSE_C and (write.customer is None or not hmac.compare_digest(
+            write.customer.md5.encode(), str(params.get("key_md5", "")).encode())):
         return None
     wrapped = enc.wrap_params(data_key, keyring=keyring if mode == enc.SSE_S3 else None,
                               customer=write.customer if mode == enc.SSE_C else None,
