@@ -39,6 +39,9 @@ log = logging.getLogger("gateway.server")
 MAX_HEAD_BYTES = 16 * 1024
 #: How long an error answer written by a guard may take to leave before the socket is cut.
 _FLUSH_SECONDS = 5.0
+#: How long a closing TLS connection with nothing left to send may wait for its peer's
+#: close_notify during a shutdown.
+_CLOSE_NOTIFY_SECONDS = 0.5
 API_PREFIX = "/api/"
 
 
@@ -84,6 +87,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._last_body = 0.0
         #: A guard has answered: whatever else the client sent is not parsed into requests.
         self._refused = False
+        self._shutting_down = False
 
     # -- the request head ------------------------------------------------------------------
 
@@ -104,9 +108,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._arm_head()
 
     def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
         if not self._refused:
-            super().on_url(url)
+            super().on_url(url)  # first: a refusal names the path (its JSON or XML shape)
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value) + 4)
@@ -198,6 +202,43 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.write(_error_bytes(exc, path))
         self.transport.close()
         self.loop.call_later(_FLUSH_SECONDS, self.transport.abort)
+
+    def shutdown(self) -> None:
+        """A graceful shutdown closes idle connections at once, and the others after their
+        response. Over TLS, closing waits for the peer's close_notify (asyncio allows it 30
+        seconds), which an idle pooled client never sends — and the server waits for every
+        connection to end: so a connection still closing is cut, after
+        :data:`_CLOSE_NOTIFY_SECONDS` (or :data:`_FLUSH_SECONDS` while some of its answer
+        waits to be sent)."""
+        self._shutting_down = True
+        super().shutdown()
+        self._cut_when_closing()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._shutting_down:
+            self._cut_when_closing()
+
+    def _cut_when_closing(self) -> None:
+        if self.transport.is_closing():
+            pending = self.transport.get_write_buffer_size()
+            self.loop.call_later(_FLUSH_SECONDS if pending else _CLOSE_NOTIFY_SECONDS,
+                                 self.transport.abort)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        async def cut_when_cancelled(scope: Any, receive: Any, send: Any) -> None:
+            """A request still running when the shutdown grace ends is cancelled by uvicorn,
+            which would answer it 500 and log a traceback: it is cut instead, as a client
+            would see a server that went away."""
+            try:
+                await app(scope, receive, send)
+            except asyncio.CancelledError:
+                log.warning("cut %s %s: still running when the shutdown grace ended",
+                            scope.get("method"), scope.get("path"))
+                cycle.disconnected = True
+                self.transport.abort()
+
+        super()._start_asgi_task(cycle, cut_when_cancelled)
 
     def handle_websocket_upgrade(self) -> None:
         self._cancel_all()

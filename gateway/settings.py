@@ -45,6 +45,10 @@ class Settings:
     #: Seconds a request body may stop arriving, or a response stop being read, before the
     #: connection is closed.
     idle_timeout: int = 60
+    #: Seconds an idle keep-alive connection stays open between requests: longer than
+    #: clients and load balancers keep idle connections in their pools (httpx 5 s, AWS SDKs
+    #: and load balancers 60 s), so that none sends a request on a connection as it closes.
+    keep_alive_timeout: int = 75
     #: On SIGTERM, seconds that requests in flight get to finish before they are cut.
     shutdown_grace_seconds: int = 30
     #: Uploads (object PUTs, parts, form posts) one process streams at once; more are

@@ -115,6 +115,17 @@ def test_an_oversized_head_gets_the_s3_error(server: GatewayProcess) -> None:
     assert b'"code":"RequestHeaderSectionTooLarge"' in answer.replace(b" ", b"")
 
 
+def test_an_oversized_request_line_on_the_api_gets_a_json_error(server: GatewayProcess) -> None:
+    """The path of a request line that alone passes the cap still picks the error's shape."""
+    sock = connect(server)
+    sock.sendall(b"GET /api/v1/storage/buckets?where=" + b"a" * 20_000
+                 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"code":"RequestHeaderSectionTooLarge"' in answer.replace(b" ", b"")
+    assert b"<Error>" not in answer
+
+
 def test_a_head_just_under_the_cap_is_served(server: GatewayProcess) -> None:
     s3 = s3_client(server)
     s3.put_object(Bucket="guards", Key="under", Body=b"x",
