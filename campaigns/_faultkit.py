@@ -478,3 +478,37 @@ def trickle(size: int, chunk: int, pause: float, started: threading.Event | None
             time.sleep(pause)
 
     return data, body
+
+
+class SlowUpload:
+    """A presigned PUT of ``size`` random bytes trickled in 256 KiB pieces (10 a second), in
+    a thread: a write in flight when a fault strikes. ``started`` is set once ``after``
+    pieces have gone; ``status`` is its answer (0: none)."""
+
+    def __init__(self, url: str, size: int, *, after: int = 1) -> None:
+        self.url, self.size, self.after = url, size, after
+        self.started = threading.Event()
+        self.status = 0
+        self._thread = threading.Thread(target=self._run)
+
+    def _body(self) -> Iterator[bytes]:
+        for n in range(self.size // (256 * KiB)):
+            if n == self.after:
+                self.started.set()
+            time.sleep(0.1)
+            yield os.urandom(256 * KiB)
+
+    def _run(self) -> None:
+        self.status, _ = http_status(lambda: httpx.put(
+            self.url, content=self._body(), headers={"Content-Length": str(self.size)},
+            timeout=60))
+
+    def start(self, wait: float = 10) -> SlowUpload:
+        self._thread.start()
+        self.started.wait(wait)
+        return self
+
+    def join(self, timeout: float = 60) -> int:
+        self._thread.join(timeout)
+        return self.status
+

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ from campaigns._faultkit import (
     KiB,
     MiB,
     Phase,
+    SlowUpload,
     TcpProxy,
     answer,
     api_client,
@@ -27,7 +27,6 @@ from campaigns._faultkit import (
     fill,
     has_setting,
     head_status,
-    http_status,
     md5,
     outcome,
     presigned,
@@ -237,25 +236,8 @@ def _unreachable_cycle(phase: Phase, report: Report, gw: GatewayProcess, s3: Any
     from tests import _postgres
 
     # An upload in flight when the database goes: it held quota before its body came.
-    size = 4 * MiB
-    in_flight: dict[str, Any] = {}
-    started = threading.Event()
-
-    def slow_body() -> Iterator[bytes]:
-        for n in range(size // (256 * KiB)):
-            if n == 1:
-                started.set()
-            time.sleep(0.1)
-            yield os.urandom(256 * KiB)
-
-    def upload() -> None:
-        url = presigned(s3, "put_object", "pgdb", f"in-flight-{cycle}")
-        in_flight["status"], _ = http_status(lambda: httpx.put(
-            url, content=slow_body(), headers={"Content-Length": str(size)}, timeout=60))
-
-    uploader = threading.Thread(target=upload)
-    uploader.start()
-    started.wait(10)
+    uploader = SlowUpload(presigned(s3, "put_object", "pgdb", f"in-flight-{cycle}"),
+                          4 * MiB, after=1).start()
     proxy.cut()
     phase.injected()
     cut_at = time.monotonic()
@@ -290,8 +272,7 @@ def _unreachable_cycle(phase: Phase, report: Report, gw: GatewayProcess, s3: Any
             report.check("gateway_metadata_up 0.0" in scrape.text,
                          "database unreachable: /metrics does not report the database down")
     report.figure("database unreachable: slowest refused request seconds", round(slowest, 2))
-    uploader.join(60)
-    phase.saw("PutObject in flight", in_flight.get("status", 0), [503, 0])
+    phase.saw("PutObject in flight", uploader.join(60), [503, 0])
     if report.long:
         time.sleep(5)  # a longer outage: pooled connections, heartbeats and retries age
     report.figure("database unreachable: outage seconds", round(time.monotonic() - cut_at, 1))

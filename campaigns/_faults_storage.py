@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from campaigns._faultkit import (
     KiB,
     MiB,
     Phase,
+    SlowUpload,
     TcpProxy,
     answer,
     api_client,
@@ -235,25 +235,8 @@ def _upstream_cycle(phase: Phase, report: Report, gw: GatewayProcess, s3: Any,
     part1 = os.urandom(5 * MiB)
     s3.upload_part(Bucket="upstream", Key=f"mp-{cycle}", UploadId=upload, PartNumber=1, Body=part1)
     # An upload in flight when the upstream goes.
-    size = 4 * MiB
-    in_flight: dict[str, Any] = {}
-    started = threading.Event()
-
-    def slow_body() -> Iterator[bytes]:
-        for n in range(size // (256 * KiB)):
-            if n == 2:
-                started.set()
-            time.sleep(0.1)
-            yield os.urandom(256 * KiB)
-
-    def upload_slowly() -> None:
-        url = presigned(s3, "put_object", "upstream", f"in-flight-{cycle}")
-        in_flight["status"], _ = http_status(lambda: httpx.put(
-            url, content=slow_body(), headers={"Content-Length": str(size)}, timeout=60))
-
-    uploader = threading.Thread(target=upload_slowly)
-    uploader.start()
-    started.wait(10)
+    uploader = SlowUpload(presigned(s3, "put_object", "upstream", f"in-flight-{cycle}"),
+                          4 * MiB, after=2).start()
     proxy.cut()
     phase.injected()
     put_url = presigned(s3, "put_object", "upstream", f"refused-{cycle}")
@@ -291,8 +274,7 @@ def _upstream_cycle(phase: Phase, report: Report, gw: GatewayProcess, s3: Any,
             phase.saw(name, call()[0], [200])
         phase.saw("/readyz", httpx.get(gw.url + "/readyz", timeout=30).status_code, [503])
     report.figure("upstream down: slowest refused request seconds", round(slowest, 2))
-    uploader.join(60)
-    phase.saw("PutObject in flight", in_flight.get("status", 0), [503, 0])
+    phase.saw("PutObject in flight", uploader.join(60), [503, 0])
     proxy.restore()
     restored = time.monotonic()
     recovered = until(lambda: s3.put_object(Bucket="upstream", Key=f"after-{cycle}", Body=b"a")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,3 +32,16 @@ def s3_client(server: GatewayProcess, *, access_key: str | None = None,
         aws_secret_access_key=secret_key or server.secret_key,
         config=Config(retries={"total_max_attempts": 1}, connect_timeout=5,
                       read_timeout=timeout, max_pool_connections=64, **config))
+
+
+def read_until_closed(sock: socket.socket, wait: float = 10) -> bytes:
+    """Everything the server sends on a raw connection until it closes it (or ``wait``
+    seconds pass without a byte)."""
+    sock.settimeout(wait)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data

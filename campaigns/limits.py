@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from botocore.exceptions import ClientError
 
-from campaigns._gateway import running_gateway, s3_client
+from campaigns._gateway import read_until_closed, running_gateway, s3_client
 from campaigns._report import Report
 from tests._server import GatewayProcess, cli_json
 
@@ -95,13 +95,7 @@ class Limits:
 
     @staticmethod
     def answer(sock: socket.socket, wait: float = 15) -> bytes:
-        sock.settimeout(wait)
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
+        data = read_until_closed(sock, wait)
         sock.close()
         return data
 

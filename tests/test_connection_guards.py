@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from campaigns._gateway import s3_client
+from campaigns._gateway import read_until_closed, s3_client
 from tests._server import GatewayProcess
 
 HEAD_TIMEOUT = 2
@@ -39,15 +39,7 @@ def connect(server: GatewayProcess) -> socket.socket:
 
 
 def read_all(sock: socket.socket, limit: float = 10) -> bytes:
-    """Everything until the server closes (or ``limit`` seconds pass)."""
-    sock.settimeout(limit)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return data
+    return read_until_closed(sock, limit)
 
 
 def closed_within(sock: socket.socket, seconds: float) -> float:
