@@ -39,6 +39,8 @@ log = logging.getLogger("gateway.server")
 MAX_HEAD_BYTES = 16 * 1024
 #: How long an error answer written by a guard may take to leave before the socket is cut.
 _FLUSH_SECONDS = 5.0
+#: How long a refused client may go on sending (read and dropped) before the socket closes.
+_LINGER_SECONDS = 2.0
 #: How long a closing TLS connection with nothing left to send may wait for its peer's
 #: close_notify during a shutdown.
 _CLOSE_NOTIFY_SECONDS = 0.5
@@ -197,10 +199,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # -- the end ---------------------------------------------------------------------------
 
     def _refuse(self, exc: errors.GatewayError, path: str) -> None:
+        """Answer and close, lingering: closing a socket with unread input makes the kernel
+        reset the connection, and a reset can destroy the answer before the client reads
+        it. So the answer goes out with a FIN, what the client still sends is read and
+        dropped, and the socket closes when the client does or :data:`_LINGER_SECONDS`
+        later."""
         self._refused = True
         self._cancel_all()
         self.transport.write(_error_bytes(exc, path))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.flow.resume_reading()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
         self.loop.call_later(_FLUSH_SECONDS, self.transport.abort)
 
     def shutdown(self) -> None:
