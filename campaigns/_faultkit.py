@@ -172,8 +172,12 @@ class TcpProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
-        self._writers.difference_update((writer, up_writer))
+        try:
+            await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False))
+        except asyncio.CancelledError:
+            pass  # closing; a handler ending cancelled would be reported by asyncio
+        finally:
+            self._writers.difference_update((writer, up_writer))
 
     async def _cut(self) -> None:
         if self._server is not None:
