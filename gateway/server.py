@@ -101,6 +101,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._refused:
             super().data_received(data)
 
+    def send_400_response(self, msg: str) -> None:
+        # The parser can fail on bytes after a guard's refusal, within the same feed: the
+        # refusal was the answer, and the connection is already closing.
+        if not self._refused:
+            super().send_400_response(msg)
+
     def on_message_begin(self) -> None:
         if self._refused:
             return

@@ -118,6 +118,21 @@ def test_an_oversized_request_line_on_the_api_gets_a_json_error(server: GatewayP
     assert b"<Error>" not in answer
 
 
+def test_garbage_after_an_oversized_head_changes_nothing(server: GatewayProcess) -> None:
+    """The parser fails on what follows the refused head, in the same read: the refusal
+    stays the answer and nothing is logged as an error."""
+    sock = connect(server)
+    sock.sendall(b"GET /guards/k HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 17_000
+                 + b"\r\nBad\x01Header: x\r\n\r\n")
+    assert read_all(sock).startswith(b"HTTP/1.1 400 ")
+    sock = connect(server)
+    sock.sendall(b"GET /guards/k HTTP/1.1\r\nHost: x\r\n"
+                 + b"".join(f"X-Pad-{i}: {'a' * 500}\r\n".encode() for i in range(40))
+                 + b"Bad\x01Header: x\r\n\r\n")
+    assert read_all(sock).startswith(b"HTTP/1.1 400 ")
+    assert "Traceback" not in server.log()
+
+
 def test_a_head_just_under_the_cap_is_served(server: GatewayProcess) -> None:
     s3 = s3_client(server)
     s3.put_object(Bucket="guards", Key="under", Body=b"x",
