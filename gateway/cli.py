@@ -65,6 +65,7 @@ _HELP = {
     "change_retention": "how long the change log keeps changes (30d)",
     "webhook_timeout": "seconds a webhook receiver has to answer (10)",
     "webhook_max_backoff": "longest wait between retries to a failing webhook (1h)",
+    "webhook_allowed_networks": "non-public networks webhooks may reach, e.g. 10.0.0.0/8",
 }
 
 

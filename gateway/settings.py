@@ -106,6 +106,9 @@ class Settings:
     webhook_timeout: int = 10
     #: The longest wait between two delivery attempts to a failing webhook.
     webhook_max_backoff: str = "1h"
+    #: Networks webhook receivers may be in besides public addresses (comma-separated,
+    #: e.g. "10.0.0.0/8"): loopback, private and link-local addresses are refused otherwise.
+    webhook_allowed_networks: str = ""
 
     def s3_options(self) -> S3Options:
         """How an ``s3://`` backend reaches its upstream."""

@@ -41,7 +41,8 @@ def until(check: Callable[[], Any], what: str, seconds: float = 30) -> Any:
 def test_a_bot_platform_day(tmp_path: Path) -> None:
     receiver = Receiver().start()
     server = GatewayProcess(tmp_path / "data", env_extra={
-        "GATEWAY_WEBHOOK_TIMEOUT": "2", "GATEWAY_WEBHOOK_MAX_BACKOFF": "1"}).start()
+        "GATEWAY_WEBHOOK_TIMEOUT": "2", "GATEWAY_WEBHOOK_MAX_BACKOFF": "1",
+        "GATEWAY_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32"}).start()
     data = server.data_dir
     try:
         cli(data, "user", "add", "alice")

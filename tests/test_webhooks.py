@@ -6,8 +6,10 @@ log's purge keeps a bot's backlog."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import ipaddress
 import itertools
 import json
 import threading
@@ -27,6 +29,12 @@ from sqlalchemy.engine import Connection
 
 from gateway.metadata.db import Database
 from gateway.metadata.models import bots, change_counter, changes
+from gateway.service.egress import (
+    AddressNotAllowed,
+    AddressPolicy,
+    parse_networks,
+    policed_transport,
+)
 from gateway.service.webhooks import backoff_seconds
 from tests import _postgres
 from tests._server import GatewayProcess, database_for, free_port, run_cli_here
@@ -34,6 +42,9 @@ from tests._server import GatewayProcess, database_for, free_port, run_cli_here
 #: Short, so that retries and the purge are seen within seconds (the backoff's growth up
 #: to its cap is shown without a server, in ``test_backoff_doubles_up_to_the_cap``).
 TIMEOUT_S, MAX_BACKOFF_S, RETENTION_S = 2, 1, 2
+#: The receivers here listen on loopback, which webhooks may not reach by default
+#: (``test_webhooks_reach_public_addresses_only``).
+LOOPBACK_ALLOWED = {"GATEWAY_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}
 
 
 # -- a receiver ------------------------------------------------------------------------------
@@ -209,7 +220,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     server = GatewayProcess(tmp_path_factory.mktemp("webhooks") / "data", env_extra={
         "GATEWAY_WEBHOOK_TIMEOUT": str(TIMEOUT_S),
         "GATEWAY_WEBHOOK_MAX_BACKOFF": str(MAX_BACKOFF_S),
-        "GATEWAY_CHANGE_RETENTION": str(RETENTION_S),
+        "GATEWAY_CHANGE_RETENTION": str(RETENTION_S), **LOOPBACK_ALLOWED,
     }).start()
     receivers: list[Receiver] = []
     try:
@@ -440,7 +451,7 @@ def test_one_instance_delivers(tmp_path_factory: pytest.TempPathFactory) -> None
     """Two worker processes share the database: only the one holding the lease delivers,
     so every change is POSTed once."""
     server = GatewayProcess(tmp_path_factory.mktemp("webhook-workers") / "data",
-                            env_extra={"GATEWAY_WORKERS": "2"}).start()
+                            env_extra={"GATEWAY_WORKERS": "2", **LOOPBACK_ALLOWED}).start()
     receiver = Receiver().start()
     try:
         token = cli_json(server.data_dir, "token", "create", "--user", "admin", "--name", "w",
@@ -459,6 +470,123 @@ def test_one_instance_delivers(tmp_path_factory: pytest.TempPathFactory) -> None
         time.sleep(1.5)
         seqs = sequences(receiver)
         assert len(seqs) == 10 and seqs == sorted(set(seqs)), seqs
+    finally:
+        server.stop()
+        receiver.stop()
+
+
+# -- where webhooks may connect ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("address", "kind"), [
+    ("127.0.0.1", "loopback"), ("127.5.5.5", "loopback"), ("::1", "loopback"),
+    ("::ffff:127.0.0.1", "loopback"), ("169.254.169.254", "link-local"),
+    ("fe80::1", "link-local"), ("10.1.2.3", "private"), ("172.16.0.1", "private"),
+    ("192.168.1.1", "private"), ("fd00::1", "private"), ("::ffff:10.0.0.1", "private"),
+    ("100.64.0.1", "not public"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
+    ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("240.0.0.1", "private"),
+    ("192.0.2.1", "private"), ("8.8.8.8", None), ("2606:4700:4700::1111", None),
+])
+def test_address_policy_refuses_what_is_not_public(address: str, kind: str | None) -> None:
+    assert AddressPolicy().refusal(ipaddress.ip_address(address)) == kind
+
+
+def test_allowed_networks_open_exactly_what_they_name() -> None:
+    policy = AddressPolicy(parse_networks(" 10.0.0.0/8, fd00::/8 ,192.168.1.7"))
+    assert policy.refusal(ipaddress.ip_address("10.200.0.1")) is None
+    assert policy.refusal(ipaddress.ip_address("fd12::1")) is None
+    assert policy.refusal(ipaddress.ip_address("::ffff:10.0.0.1")) is None
+    assert policy.refusal(ipaddress.ip_address("192.168.1.7")) is None
+    assert policy.refusal(ipaddress.ip_address("192.168.1.8")) == "private"
+    assert policy.refusal(ipaddress.ip_address("127.0.0.1")) == "loopback"
+    assert parse_networks("") == ()
+    with pytest.raises(ValueError, match="not a network: 'intranet'"):
+        parse_networks("10.0.0.0/8,intranet")
+
+
+async def test_the_policed_transport_connects_only_to_allowed_addresses() -> None:
+    """Over real sockets: a receiver on loopback is never connected to, whether the URL
+    names the address, a name resolving to it, or its IPv4-mapped form; once its network
+    is allowed the same request goes through (to the address that was checked)."""
+    accepted: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(str(writer.get_extra_info("peername")))
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        refusing = httpx.AsyncClient(transport=policed_transport(AddressPolicy()))
+        async with refusing:
+            for url, message in [
+                (f"http://127.0.0.1:{port}/", "address not allowed: 127.0.0.1 (loopback)"),
+                (f"http://localhost:{port}/", "address not allowed: localhost resolves to"),
+                (f"http://[::ffff:127.0.0.1]:{port}/", "(loopback)"),
+                ("http://169.254.169.254/latest/meta-data/",
+                 "address not allowed: 169.254.169.254 (link-local)"),
+            ]:
+                with pytest.raises(httpx.ConnectError) as caught:
+                    await refusing.post(url, content=b"{}")
+                assert isinstance(caught.value.__cause__, AddressNotAllowed)
+                assert message in str(caught.value), (url, str(caught.value))
+        assert accepted == []
+
+        allowing = httpx.AsyncClient(
+            transport=policed_transport(AddressPolicy(parse_networks("127.0.0.0/8"))))
+        async with allowing:
+            for host in ("127.0.0.1", "localhost"):
+                answered = await allowing.post(f"http://{host}:{port}/", content=b"{}")
+                assert answered.status_code == 204
+        assert len(accepted) == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_webhooks_reach_public_addresses_only(tmp_path: Path) -> None:
+    """A gateway with the default policy: bots whose URLs point at loopback (by address,
+    by name, IPv4-mapped) or at the cloud metadata address get nothing delivered — the
+    receiver sees no request — and each bot's error says why."""
+    server = GatewayProcess(tmp_path / "data", env_extra={
+        "GATEWAY_WEBHOOK_TIMEOUT": str(TIMEOUT_S),
+        "GATEWAY_WEBHOOK_MAX_BACKOFF": str(MAX_BACKOFF_S)}).start()
+    receiver = Receiver().start()
+    try:
+        token = cli_json(server.data_dir, "token", "create", "--user", "admin", "--name", "w",
+                         "--permission=bots:write")["token"]
+        s3 = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1",
+                          aws_access_key_id=server.access_key,
+                          aws_secret_access_key=server.secret_key)
+        expected = {
+            f"http://127.0.0.1:{receiver.port}/hook": "address not allowed: 127.0.0.1 "
+                                                      "(loopback)",
+            f"http://localhost:{receiver.port}/hook": "address not allowed: localhost "
+                                                      "resolves to ",
+            f"http://[::ffff:127.0.0.1]:{receiver.port}/hook": "(loopback)",
+            "http://169.254.169.254/latest/meta-data/": "address not allowed: "
+                                                        "169.254.169.254 (link-local)",
+        }
+        made: dict[str, str] = {}
+        for i, url in enumerate(expected):
+            answer = httpx.post(server.url + "/api/v1/bots", timeout=30,
+                                json={"name": f"inward{i}", "url": url},
+                                headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 201, answer.text
+            made[url] = answer.json()["data"]["id"]
+            s3.put_object(Bucket=answer.json()["data"]["bucket"],
+                          Key=".gbdrive/attachments/a.bin", Body=b"x")
+        head = int(in_db(server.data_dir, lambda conn: conn.execute(
+            select(change_counter.c.value)).scalar_one()))
+        for url, bot_id in made.items():
+            row = wait_for(f"the refusal of {url}", lambda b=bot_id: (
+                r := bot_row(server.data_dir, b)).error_count >= 1 and r)
+            assert expected[url] in row.last_error_message, row.last_error_message
+            assert row.delivered_seq < head  # its change is still owed
+        assert receiver.received == []
     finally:
         server.stop()
         receiver.stop()

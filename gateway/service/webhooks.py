@@ -56,6 +56,12 @@ from gateway.metadata.models import bots, changes
 from gateway.service import changes as change_log
 from gateway.service.changes import Change
 from gateway.service.context import Context
+from gateway.service.egress import (
+    AddressNotAllowed,
+    AddressPolicy,
+    parse_networks,
+    policed_transport,
+)
 from gateway.service.jobs import Jobs
 
 log = logging.getLogger("gateway.webhooks")
@@ -158,6 +164,8 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return f"timeout: no answer within {timeout:g} s"
     if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc.__cause__, AddressNotAllowed):
+            return str(exc.__cause__)[:300]
         return "connection refused" if _refused(exc) else f"connection failed: {exc}"[:300]
     if isinstance(exc, httpx.HTTPError):
         return f"{type(exc).__name__}: {exc}"[:300]
@@ -249,6 +257,7 @@ class WebhookDispatcher:
         #: Bots whose worker is running (on this instance).
         self._busy: set[str] = set()
         self._slots = asyncio.Semaphore(concurrency)
+        self.policy = AddressPolicy(parse_networks(ctx.settings.webhook_allowed_networks))
 
     @property
     def timeout(self) -> float:
@@ -275,8 +284,10 @@ class WebhookDispatcher:
         """Deliver until the lease is lost (returns) or the task is cancelled."""
         # Redirects are answers like any other non-2xx (a receiver that moved says so in
         # its error). The environment's proxies and .netrc are not used: credentials of
-        # the gateway's host must never reach a bot's URL.
-        async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        # the gateway's host must never reach a bot's URL. Connections go to public
+        # addresses only (gateway.service.egress).
+        async with httpx.AsyncClient(transport=policed_transport(self.policy),
+                                     follow_redirects=False, trust_env=False) as client:
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._keep_lease())
