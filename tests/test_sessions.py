@@ -142,9 +142,14 @@ def test_unknown_users_cost_the_same(api: Api) -> None:
         assert_unauthorized(api.login(username=username, password="wrong password"))
         return time.perf_counter() - start
 
-    known = min(timed("alice") for _ in range(3))
-    unknown = min(timed(f"ghost-{uuid.uuid4().hex[:6]}") for _ in range(3))
-    assert unknown > known * 0.5
+    # Interleaved, so that a burst of load on a shared machine slows both kinds alike; the
+    # fastest of each shows the work done (a skipped scrypt would be ~100x faster).
+    known: list[float] = []
+    unknown: list[float] = []
+    for _ in range(5):
+        known.append(timed("alice"))
+        unknown.append(timed(f"ghost-{uuid.uuid4().hex[:6]}"))
+    assert min(unknown) > min(known) * 0.5, (known, unknown)
 
 
 def test_disabled_user(api: Api, server: GatewayProcess) -> None:
