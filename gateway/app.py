@@ -164,11 +164,12 @@ class GatewayApp:
             await gateway.sessions.purge_expired()
 
         while True:
+            ran = True
             try:
-                await gateway.jobs.run("housekeeping", period, housekeeping)
+                ran = await gateway.jobs.run("housekeeping", period, housekeeping)
             except Exception:
                 log.exception("housekeeping failed; will retry")
-            await asyncio.sleep(period)
+            await asyncio.sleep(period if ran else min(period, gateway.jobs.standby_seconds))
 
     async def _lifecycle_loop(self, gateway: Gateway) -> None:
         """Bucket lifecycle rules and the bot packages' temp folders, applied on one
@@ -181,11 +182,12 @@ class GatewayApp:
             await gateway.lifecycle.run()
 
         while True:
+            ran = True
             try:
-                await gateway.jobs.run("lifecycle", period, apply_rules)
+                ran = await gateway.jobs.run("lifecycle", period, apply_rules)
             except Exception:
                 log.exception("the lifecycle run failed; will retry")
-            await asyncio.sleep(period)
+            await asyncio.sleep(period if ran else min(period, gateway.jobs.standby_seconds))
 
     async def _heartbeat_loop(self, gateway: Gateway) -> None:
         """This instance is alive; what stopped ones held for their writes is released."""

@@ -1024,12 +1024,15 @@ def list_buckets_visible(conn: Connection, user_id: int) -> list[BucketRecord]:
 
 
 def claim_job(conn: Connection, name: str, owner: str, now: datetime,
-              until: datetime) -> bool:
+              until: datetime, stale_before: datetime) -> bool:
     """Take or renew the lease on job ``name`` until ``until``: yes if nobody else holds an
-    unexpired one. (A first claim racing another's insert fails on the primary key.)"""
+    unexpired one — an instance silent since ``stale_before`` (dead) holds nothing. (A
+    first claim racing another's insert fails on the primary key.)"""
+    alive = select(instances.c.id).where(instances.c.heartbeat_at >= stale_before)
     renewed = conn.execute(update(job_leases).where(
         job_leases.c.name == name,
-        or_(job_leases.c.owner == owner, job_leases.c.lease_until < now),
+        or_(job_leases.c.owner == owner, job_leases.c.lease_until < now,
+            job_leases.c.owner.not_in(alive)),
     ).values(owner=owner, lease_until=until))
     if renewed.rowcount == 1:
         return True

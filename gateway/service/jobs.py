@@ -1,10 +1,12 @@
 """Background jobs that must run on one instance at a time, whichever instances are up.
 
 A job runs where its lease is held. The holder renews the lease at every run; another
-instance takes the lease over only once it has expired (three periods without a renewal),
-so a job keeps running when its instance dies, and never runs twice for one period while
-its holder lives. Leases are rows of the metadata database, so this holds on SQLite (one
-host) and on PostgreSQL (many) alike; instances' clocks are assumed roughly in step.
+instance takes the lease over only once it has expired (three periods without a renewal)
+or its holder is presumed dead (silent for three heartbeats: a killed instance's hourly
+job is taken over within a minute, not three hours), so a job keeps running when its
+instance dies, and never runs twice for one period while its holder lives. Leases are
+rows of the metadata database, so this holds on SQLite (one host) and on PostgreSQL (many)
+alike; instances' clocks are assumed roughly in step.
 """
 
 from __future__ import annotations
@@ -28,12 +30,25 @@ class Jobs:
         self.ctx = ctx
         self.instance_id = instance_id
 
+    @property
+    def silence_limit(self) -> float:
+        """Seconds without a heartbeat after which an instance is presumed dead, and its
+        leases free: a lease outlives its holder by this much, not three periods."""
+        return 3.0 * self.ctx.settings.heartbeat_seconds
+
+    @property
+    def standby_seconds(self) -> float:
+        """How soon an instance that does not hold a job's lease asks again: past the
+        silence limit, so a holder that died is replaced within about twice that."""
+        return self.silence_limit + 1.0
+
     async def claim(self, name: str, period: float) -> bool:
         now = datetime.now(UTC)
         until = now + timedelta(seconds=3 * period)
+        stale_before = now - timedelta(seconds=self.silence_limit)
         try:
-            return await self.ctx.db.write(
-                lambda conn: repo.claim_job(conn, name, self.instance_id, now, until))
+            return await self.ctx.db.write(lambda conn: repo.claim_job(
+                conn, name, self.instance_id, now, until, stale_before))
         except IntegrityError:  # another instance made the first claim just now
             return False
 
