@@ -15,6 +15,8 @@ at rest, secrets in logs, and TLS.
    for 127.0.0.1; boto3 and httpx trusting it; plain HTTP and untrusting clients refused.
 5. **Secrets in logs**: every gateway log line (at debug level, access lines included)
    searched for every secret, signature and token the campaign used, and for their shapes.
+6. **Egress** (:mod:`campaigns._security_egress`): bots' webhook URLs aimed at loopback (in
+   every spelling), cloud metadata and private ranges reach nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from campaigns import _security_api as api_channels
 from campaigns import _security_matrix as matrix_channels
 from campaigns._gateway import running_gateway
 from campaigns._report import Report
+from campaigns._security_egress import egress
 from campaigns._security_matrix import _form, _signed, post_form
 from campaigns._security_world import (
     DOC,
@@ -86,6 +89,7 @@ def run(workdir: Path, *, long: bool = False) -> Report:
     timing(report)
     guarded(report, "tls", functools.partial(tls, report, secrets, workdir / "tls" / "data",
                                              logs, requests=40 if long else 12))
+    guarded(report, "egress", functools.partial(egress, report, workdir / "egress" / "data"))
     logged(report, secrets, logs)
     report.figure("S3 requests sent by boto3", secrets.sent)
     return report

@@ -42,6 +42,10 @@ def test_security_campaign(tmp_path: Path) -> None:
     assert figures["TLS requests served"] >= 20, message
     assert figures["TLS connections refused (plain HTTP, untrusted)"] == 3, message
     assert figures["timing audit: secrets compared with ==/!="] == 0, message
+    # Webhooks aimed inward, in every spelling, reached nothing.
+    assert figures["webhook URLs aimed inward"] >= 15, message
+    assert figures["deliveries refused as 'address not allowed'"] >= 15, message
+    assert figures["connections reaching the inward listener"] == 0, message
 
 
 def test_credentials_are_compared_in_constant_time() -> None:
