@@ -61,7 +61,7 @@ $(CLAMAV_STAMP): | $(BIN)/python
 PYTEST_WORKERS ?= 3
 
 test: $(TEST_STAMP) $(BROWSER_STAMP) $(CLAMAV_STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

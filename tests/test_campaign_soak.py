@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from campaigns import soak
 from campaigns._soak_model import SHARED_KEYS, SharedKeys, body_for, identify, md5
 
@@ -44,6 +46,7 @@ def test_the_checks_catch_torn_foreign_and_stale_bodies() -> None:
     assert shared.by_etag[md5(body_for(*in_flight))] == in_flight
 
 
+@pytest.mark.slow
 def test_soak_short(tmp_path: Path) -> None:
     report = soak.run(tmp_path, long=False)
     assert report.ok, report.render()
