@@ -317,37 +317,36 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
-def closed_by_peer(sock: socket.socket) -> bool:
-    """Without blocking: has the other end closed (or reset) the connection? Reads and
-    drops whatever it sent before (an error answer)."""
+def _without_blocking(sock: socket.socket, probe: Callable[[socket.socket], bool]) -> bool:
+    """``probe(sock)`` on a non-blocking socket: nothing to read yet is False, an error
+    (a reset) True; the socket's timeout is restored."""
     timeout = sock.gettimeout()
     sock.settimeout(0)
     try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return True
+        return probe(sock)
     except BlockingIOError:
         return False
     except OSError:
         return True
     finally:
         sock.settimeout(timeout)
+
+
+def _drained_to_eof(sock: socket.socket) -> bool:
+    while sock.recv(65536):
+        pass
+    return True
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Without blocking: has the other end closed (or reset) the connection? Reads and
+    drops whatever it sent before (an error answer)."""
+    return _without_blocking(sock, _drained_to_eof)
 
 
 def answered(sock: socket.socket) -> bool:
     """Without blocking or consuming anything: has the peer sent something, or closed?"""
-    timeout = sock.gettimeout()
-    sock.settimeout(0)
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-        return True  # data, or b"" for a close
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.settimeout(timeout)
+    return _without_blocking(sock, lambda s: s.recv(1, socket.MSG_PEEK) is not None)
 
 
 def rss_mb(pid: int) -> float:
