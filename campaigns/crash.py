@@ -169,6 +169,15 @@ class Upload:
     state: str = "open"
 
 
+def _declared_length(answer: dict[str, Any]) -> int:
+    """The Content-Length the gateway declared for ``answer`` (botocore's parsed form)."""
+    headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        return 0
+
+
 @dataclass
 class Model:
     """Every key's possible states, shared by the workers; see the module."""
@@ -190,6 +199,8 @@ class Model:
     transport_errors_before_kill: int = 0
     #: Requests the kill left unanswered (writes, parts, creates, aborts).
     requests_in_doubt: int = 0
+    #: 200 answers whose XML body the kill cut off (their head was sent after the commit).
+    bodies_cut_by_kill: int = 0
     wrong_answers: list[str] = field(default_factory=list)
     killed: threading.Event = field(default_factory=threading.Event)
 
@@ -337,7 +348,17 @@ class Worker(threading.Thread):
             model.finish(op, ACKED)
         return answer
 
-    def expect_etag(self, what: str, got: str | None, version: Version) -> None:
+    def expect_etag(self, what: str, got: str | None, version: Version,
+                    answer: dict[str, Any] | None = None) -> None:
+        if got is None and answer is not None and self.model.killed.is_set() \
+                and _declared_length(answer) > 0:
+            # The kill fell between the answer's head and its body: botocore does not check
+            # Content-Length, so the cut XML parses as an empty result. The head went out
+            # after the commit, so the write stays acknowledged: the checks after the
+            # restart read it back like any other.
+            with self.model.lock:
+                self.model.bodies_cut_by_kill += 1
+            return
         if got != version.etag:
             with self.model.lock:
                 self.model.wrong_answers.append(
@@ -366,7 +387,8 @@ class Worker(threading.Thread):
             Bucket=bucket, Key=key, CopySource={"Bucket": BUCKET, "Key": source}))
         if answer is None:
             return False
-        self.expect_etag(kind, answer.get("CopyObjectResult", {}).get("ETag"), version)
+        self.expect_etag(kind, answer.get("CopyObjectResult", {}).get("ETag"), version,
+                         answer)
         return True
 
     def multipart(self, kind: str, bucket: str, key: str) -> int | None:
@@ -411,7 +433,7 @@ class Worker(threading.Thread):
             self.abort(kind, upload_id, upload)
             return None
         upload.state = "completed"
-        self.expect_etag(kind, done.get("ETag"), version)
+        self.expect_etag(kind, done.get("ETag"), version, done)
         return version.vid
 
     def abort(self, kind: str, upload_id: str, upload: Upload) -> None:
@@ -909,6 +931,7 @@ def run(workdir: Path, *, long: bool = False) -> Report:
     report.figure("requests in doubt at kills", model.requests_in_doubt)
     report.figure("5xx answers", model.server_errors)
     report.figure("transport errors before a kill", model.transport_errors_before_kill)
+    report.figure("200 answers whose body the kill cut off", model.bodies_cut_by_kill)
     for message in model.wrong_answers:
         report.fail(f"wrong answer: {message}")
     report.figure("wrong answers", len(model.wrong_answers))
