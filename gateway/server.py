@@ -12,6 +12,11 @@ and buffers for as long as it likes. :class:`GuardedHttpProtocol` closes such co
   waits for it (answered ``RequestTimeout``, as S3 does, when no response has started);
 * a response may not stay unread that long (the connection is aborted).
 
+It also writes each response's head together with its first body bytes, in one write
+(:class:`_HeadWithBody`): a process killed between the two writes would leave the client a
+head without its body, and botocore takes a 200 head alone for an empty success. With one
+write, a small answer (every XML and JSON one) is on the wire whole or not at all.
+
 The values are read from the environment once per process: ``gateway serve`` puts its
 flags there before uvicorn starts its workers.
 """
@@ -76,6 +81,40 @@ def _error_bytes(exc: errors.GatewayError, path: str) -> bytes:
     head.extend(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
     head.append(b"connection: close\r\n\r\n")
     return b"".join(head) + bytes(response.body)
+
+
+class _HeadWithBody:
+    """The transport one request's cycle writes through: the write after
+    :attr:`hold_next` is set (the response head) is held and goes out with the next one
+    (the first body bytes) as a single write."""
+
+    __slots__ = ("_held", "_transport", "hold_next")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held = b""
+        self.hold_next = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.hold_next:
+            self.hold_next = False
+            self._held = bytes(data)
+            return
+        if self._held:
+            data, self._held = self._held + bytes(data), b""
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -244,12 +283,28 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                                  self.transport.abort)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        transport = _HeadWithBody(cycle.transport)
+        cycle.transport = transport
+
+        async def send_head_with_body(send: Any, message: Any) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                transport.hold_next = True
+                try:
+                    await send(message)
+                finally:
+                    transport.hold_next = False
+                return
+            await send(message)
+            if kind == "http.response.body":
+                transport.flush()  # a HEAD answer, which writes no body
+
         async def cut_when_cancelled(scope: Any, receive: Any, send: Any) -> None:
             """A request still running when the shutdown grace ends is cancelled by uvicorn,
             which would answer it 500 and log a traceback: it is cut instead, as a client
             would see a server that went away."""
             try:
-                await app(scope, receive, send)
+                await app(scope, receive, functools.partial(send_head_with_body, send))
             except asyncio.CancelledError:
                 log.warning("cut %s %s: still running when the shutdown grace ended",
                             scope.get("method"), scope.get("path"))
